@@ -1,0 +1,56 @@
+// Sample and Batch: what flows through a pipe graph.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <opencv2/core/mat.hpp>
+
+#include "pipe/tensor.h"
+
+namespace pipe {
+
+enum class Split { train = 0, validation = 1, test = 2 };
+const char* split_name(Split s);
+constexpr Split kAllSplits[] = {Split::train, Split::validation, Split::test};
+
+// One image on its way through the graph. The payload fills in as it flows:
+// `bytes` (encoded file or raw pixels) -> `image` (HxWx3 uint8 RGB) -> `features`.
+struct Sample {
+  int64_t id = 0;         // index within its split; stable across runs
+  int label = -1;         // class index into the source's class list
+  Split split = Split::train;
+  int epoch = 0;          // 1-based training epoch (0 for extraction passes outside training)
+  int view = 0;           // which augmented view of the sample (cache `views: K`)
+  std::string origin;     // file path, or "<source>:<file>#<index>", used in messages
+
+  std::shared_ptr<const std::vector<uint8_t>> bytes;
+  cv::Mat image;
+  Tensor features;
+
+  // "train#12 (path)" for diagnostics.
+  std::string describe() const;
+};
+
+// An ordered group of samples; built by the framework, never by stages.
+struct Batch {
+  Split split = Split::train;
+  int epoch = 0;
+  std::vector<Sample> samples;
+
+  std::size_t size() const { return samples.size(); }
+  // Stacks every sample's features into one (N, ...) tensor; all shapes must agree.
+  Tensor stack_features() const;
+  std::vector<int64_t> labels() const;
+};
+
+// Thrown by a stage for a problem with one sample's data (undecodable file, wrong size...).
+// The graph's on_error policy decides whether the run fails or the sample is skipped.
+class SampleError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+}  // namespace pipe

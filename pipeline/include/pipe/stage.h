@@ -1,0 +1,117 @@
+// The stage contract. A stage declares what it is (a StageSchema) next to its
+// implementation; the registry, the graph validator, `pipe stages` and docs/stages.md all
+// read that one declaration.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "pipe/params.h"
+#include "pipe/rng.h"
+#include "pipe/sample.h"
+#include "pipe/source.h"
+
+namespace pipe {
+
+enum class StageKind {
+  source,     // a `data:` source, not a node
+  map,        // per-sample transform (decode, augment)
+  batch_map,  // per-batch transform (convbase): batches, owns a device
+  cache,      // memoizes everything upstream of it (handled by the framework)
+  sink,       // consumes ordered batches (head training/evaluation)
+};
+enum class Concurrency { parallel, serial };
+const char* stage_kind_name(StageKind k);
+
+// What a stage produces: lets the validator reject impossible orders (a convbase fed with
+// encoded bytes, a head fed with images it cannot use...).
+enum class Payload { any, bytes, image, features };
+const char* payload_name(Payload p);
+
+struct StageSchema {
+  std::string name;
+  std::string doc;  // one paragraph
+  StageKind kind = StageKind::map;
+  Concurrency concurrency = Concurrency::parallel;
+  // Random stages draw from the per-sample stream and act on the training split only:
+  // validation and test images are never augmented.
+  bool random = false;
+  bool has_device = false;
+  Payload consumes = Payload::any;
+  Payload produces = Payload::any;
+  std::vector<ParamSpec> params;
+  std::string example;  // an example YAML node, shown by `pipe stages`
+
+  StageSchema& param(ParamSpec p) { params.push_back(std::move(p)); return *this; }
+  const ParamSpec* find(const std::string& param) const;
+};
+
+struct RunInfo {
+  uint64_t seed = 0;
+  int epochs = 0;
+  int batch = 0;  // training batch size
+  std::vector<std::string> classes;
+  std::string out_dir;  // run directory ("" when none, e.g. in tests)
+  int threads = 1;
+};
+
+class Stage {
+ public:
+  virtual ~Stage() = default;
+  // Extra identity for cache fingerprints beyond stage name + params (e.g. a hash of model
+  // weights); empty when params say everything.
+  virtual std::string fingerprint() const { return {}; }
+};
+
+class MapStage : public Stage {
+ public:
+  // `rng` is this sample's own stream for this node; deterministic stages ignore it.
+  virtual void process(Sample& sample, Rng& rng) = 0;
+};
+
+class BatchStage : public Stage {
+ public:
+  virtual int batch_size() const = 0;
+  // Replaces the payload of each sample (e.g. image -> features), keeping order.
+  virtual void process(Batch& batch) = 0;
+};
+
+struct SplitMetrics {
+  double loss = 0;
+  double accuracy = 0;
+  int64_t count = 0;
+};
+
+class SinkStage : public Stage {
+ public:
+  virtual void begin_run(const RunInfo&) {}
+  virtual void begin_epoch(Split split, int epoch) = 0;
+  virtual void consume(Batch& batch) = 0;  // batches arrive in sample order
+  virtual SplitMetrics end_epoch() = 0;
+  // Called after a validation pass is better than every earlier one: keep a checkpoint.
+  virtual void mark_best(int /*epoch*/) {}
+  // Restore the best checkpoint (if any) before the test pass.
+  virtual void restore_best() {}
+  // Write final artifacts (e.g. head.pt) into the run directory.
+  virtual void save(const std::string& /*dir*/) {}
+};
+
+struct StageContext {
+  std::string node;       // the node's name in the graph
+  std::string graph_dir;  // directory of the graph file: relative paths resolve against it
+  uint64_t seed = 0;
+};
+
+using StageFactory =
+    std::function<std::unique_ptr<Stage>(const Params&, const StageContext&)>;
+
+struct SourceContext {
+  std::string graph_dir;
+};
+using SourceFactory =
+    std::function<std::unique_ptr<Source>(const Params&, const SourceContext&)>;
+
+}  // namespace pipe

@@ -1,0 +1,62 @@
+#include "diagnostics.h"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+#include <yaml-cpp/yaml.h>
+
+namespace pipe {
+
+std::string Diagnostic::str() const {
+  if (line > 0) return fmt::format("{}:{}:{}: error: {}", file, line, col, message);
+  return fmt::format("{}: error: {}", file, message);
+}
+
+void Diagnostics::error(const YAML::Node& at, std::string message) {
+  // yaml-cpp marks are 0-based; a null/invalid node has line -1.
+  const YAML::Mark m = at.IsDefined() ? at.Mark() : YAML::Mark::null_mark();
+  error(m.line >= 0 ? m.line + 1 : 0, m.column >= 0 ? m.column + 1 : 0, std::move(message));
+}
+
+void Diagnostics::error(int line, int col, std::string message) {
+  items_.push_back({file_, line, col, std::move(message)});
+}
+
+void Diagnostics::error_in(std::string file, int line, int col, std::string message) {
+  items_.push_back({std::move(file), line, col, std::move(message)});
+}
+
+std::string Diagnostics::str() const {
+  std::string out;
+  for (const Diagnostic& d : items_) out += d.str() + "\n";
+  return out;
+}
+
+namespace {
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1])});
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+}  // namespace
+
+std::string did_you_mean(const std::string& word, const std::vector<std::string>& candidates) {
+  std::string best;
+  size_t best_d = std::max<size_t>(2, word.size() / 3) + 1;
+  for (const std::string& c : candidates) {
+    const size_t d = edit_distance(word, c);
+    if (d < best_d) {
+      best_d = d;
+      best = c;
+    }
+  }
+  return best;
+}
+
+}  // namespace pipe

@@ -1,0 +1,16 @@
+#include "builtin.h"
+
+namespace pipe {
+
+void register_builtin_stages(Registry& r) {
+  stages::register_fashion_mnist(r);
+  stages::register_folder(r);
+  stages::register_decode(r);
+  stages::register_augment(r);
+  stages::register_convbase(r);
+  stages::register_cache(r);
+  stages::register_dense_head(r);
+  stages::register_train_base(r);
+}
+
+}  // namespace pipe

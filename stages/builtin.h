@@ -1,0 +1,16 @@
+// One registration function per built-in stage file. register_builtin_stages calls each of
+// them by name, so a missing stage is a link error, never a silently empty registry.
+#pragma once
+
+#include "pipe/registry.h"
+
+namespace pipe::stages {
+void register_fashion_mnist(Registry& r);
+void register_folder(Registry& r);
+void register_decode(Registry& r);
+void register_augment(Registry& r);
+void register_convbase(Registry& r);
+void register_cache(Registry& r);
+void register_dense_head(Registry& r);
+void register_train_base(Registry& r);
+}  // namespace pipe::stages
