@@ -1,6 +1,6 @@
 #include "builtin.h"
 
-namespace pipe {
+namespace pipeline {
 
 void register_builtin_stages(Registry& r) {
   stages::register_fashion_mnist(r);
@@ -13,4 +13,4 @@ void register_builtin_stages(Registry& r) {
   stages::register_train_base(r);
 }
 
-}  // namespace pipe
+}  // namespace pipeline

@@ -4,7 +4,7 @@
 
 #include "pipe/registry.h"
 
-namespace pipe::stages {
+namespace pipeline::stages {
 void register_fashion_mnist(Registry& r);
 void register_folder(Registry& r);
 void register_decode(Registry& r);
@@ -13,4 +13,4 @@ void register_convbase(Registry& r);
 void register_cache(Registry& r);
 void register_dense_head(Registry& r);
 void register_train_base(Registry& r);
-}  // namespace pipe::stages
+}  // namespace pipeline::stages

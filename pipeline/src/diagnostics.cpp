@@ -5,7 +5,7 @@
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
-namespace pipe {
+namespace pipeline {
 
 std::string Diagnostic::str() const {
   if (line > 0) return fmt::format("{}:{}:{}: error: {}", file, line, col, message);
@@ -16,6 +16,21 @@ void Diagnostics::error(const YAML::Node& at, std::string message) {
   // yaml-cpp marks are 0-based; a null/invalid node has line -1.
   const YAML::Mark m = at.IsDefined() ? at.Mark() : YAML::Mark::null_mark();
   error(m.line >= 0 ? m.line + 1 : 0, m.column >= 0 ? m.column + 1 : 0, std::move(message));
+}
+
+void Diagnostics::error(const YAML::Node& at, const std::string& path, std::string message) {
+  // Later overrides win, so the last one that covers the path is the one to blame.
+  for (auto it = overrides_.rbegin(); it != overrides_.rend(); ++it) {
+    const std::string key = it->substr(0, it->find('='));
+    const bool covers = path == key || path.rfind(key + ".", 0) == 0;
+    // A node the override created has no position in the file.
+    const bool created = !at.IsDefined() || at.Mark().line < 0;
+    if (covers || (created && key.rfind(path + ".", 0) == 0)) {
+      items_.push_back({"--set " + *it, 0, 0, std::move(message)});
+      return;
+    }
+  }
+  error(at, std::move(message));
 }
 
 void Diagnostics::error(int line, int col, std::string message) {
@@ -59,4 +74,4 @@ std::string did_you_mean(const std::string& word, const std::vector<std::string>
   return best;
 }
 
-}  // namespace pipe
+}  // namespace pipeline

@@ -6,7 +6,7 @@
 
 namespace YAML { class Node; }
 
-namespace pipe {
+namespace pipeline {
 
 struct Diagnostic {
   std::string file;
@@ -20,6 +20,11 @@ class Diagnostics {
  public:
   explicit Diagnostics(std::string file = "<input>") : file_(std::move(file)) {}
   void error(const YAML::Node& at, std::string message);
+  // As above, for the value at dotted `path` (e.g. "nodes.decode.size"): when a --set
+  // override wrote that path (or a parent of it), the diagnostic names the override instead
+  // of a file position.
+  void error(const YAML::Node& at, const std::string& path, std::string message);
+  void set_overrides(std::vector<std::string> assignments) { overrides_ = std::move(assignments); }
   void error(int line, int col, std::string message);
   void error_in(std::string file, int line, int col, std::string message);
   bool ok() const { return items_.empty(); }
@@ -30,9 +35,10 @@ class Diagnostics {
  private:
   std::string file_;
   std::vector<Diagnostic> items_;
+  std::vector<std::string> overrides_;
 };
 
 // The closest candidate within a small edit distance, or "".
 std::string did_you_mean(const std::string& word, const std::vector<std::string>& candidates);
 
-}  // namespace pipe
+}  // namespace pipeline

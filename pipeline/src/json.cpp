@@ -11,7 +11,7 @@
 
 #include <fmt/format.h>
 
-namespace pipe {
+namespace pipeline {
 
 Json& Json::set(const std::string& key, Json value) {
   auto* o = std::get_if<Object>(&v_);
@@ -122,4 +122,4 @@ void write_file_atomic(const std::string& path, const std::string& content) {
   }
 }
 
-}  // namespace pipe
+}  // namespace pipeline

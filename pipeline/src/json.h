@@ -10,7 +10,7 @@
 #include <variant>
 #include <vector>
 
-namespace pipe {
+namespace pipeline {
 
 class Json {
  public:
@@ -49,4 +49,4 @@ std::string json_escape(const std::string& s);
 // Writes `content` to `path` atomically: a temp file in the same directory, fsync, rename.
 void write_file_atomic(const std::string& path, const std::string& content);
 
-}  // namespace pipe
+}  // namespace pipeline

@@ -4,7 +4,7 @@
 
 #include <fmt/format.h>
 
-namespace pipe {
+namespace pipeline {
 
 const char* param_type_name(ParamType t) {
   switch (t) {
@@ -91,4 +91,4 @@ std::string Params::canonical() const {
   return out;
 }
 
-}  // namespace pipe
+}  // namespace pipeline

@@ -4,7 +4,7 @@
 
 #include <fmt/format.h>
 
-namespace pipe {
+namespace pipeline {
 
 const char* stage_kind_name(StageKind k) {
   switch (k) {
@@ -86,4 +86,4 @@ std::vector<std::string> Registry::names() const {
   return out;
 }
 
-}  // namespace pipe
+}  // namespace pipeline

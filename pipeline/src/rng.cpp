@@ -2,7 +2,7 @@
 
 #include <limits>
 
-namespace pipe {
+namespace pipeline {
 
 uint64_t hash64(std::string_view s) {
   uint64_t h = 1469598103934665603ull;
@@ -73,4 +73,4 @@ int64_t Rng::below(int64_t n) {
   return static_cast<int64_t>(uniform() * static_cast<double>(n)) % n;
 }
 
-}  // namespace pipe
+}  // namespace pipeline

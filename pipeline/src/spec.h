@@ -12,7 +12,7 @@
 #include "diagnostics.h"
 #include "pipe/registry.h"
 
-namespace pipe {
+namespace pipeline {
 
 enum class OnError { fail, skip };
 
@@ -50,9 +50,9 @@ struct GraphSpec {
 };
 
 // Checks `map` (a YAML map of parameter values) against `schema`, fills defaults.
-// Keys in `skip` (e.g. "stage") are not parameters. `what` names the owner in messages:
-// "stage 'augment'".
-Params parse_params(const StageSchema& schema, const YAML::Node& map, const std::string& what,
+// Keys in `skip` (e.g. "stage") are not parameters. `path` is the map's dotted path in the
+// document ("nodes.decode"), used to blame --set overrides.
+Params parse_params(const StageSchema& schema, const YAML::Node& map, const std::string& path,
                     Diagnostics& diag, const std::set<std::string>& skip = {"stage"});
 
 // Applies "a.b.c=VALUE" (VALUE parsed as YAML) to `doc`. Returns false with a diagnostic
@@ -70,4 +70,4 @@ GraphSpec load_graph(const std::string& path, const std::vector<std::string>& ov
 // loaded before the stages they provide can be validated).
 std::vector<std::string> graph_plugins(const std::string& path);
 
-}  // namespace pipe
+}  // namespace pipeline

@@ -6,7 +6,7 @@
 
 #include <fmt/format.h>
 
-namespace pipe {
+namespace pipeline {
 
 Tensor Tensor::zeros(std::vector<int64_t> shape, float** writable) {
   Tensor t;
@@ -72,4 +72,4 @@ std::vector<int64_t> Batch::labels() const {
   return y;
 }
 
-}  // namespace pipe
+}  // namespace pipeline

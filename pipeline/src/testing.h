@@ -8,7 +8,7 @@
 
 #include "pipe/registry.h"
 
-namespace pipe::testing {
+namespace pipeline::testing {
 
 // yaml: a node as written in a graph, e.g. "{stage: augment, rotation: 40}".
 // Throws std::runtime_error carrying every diagnostic when validation fails.
@@ -28,4 +28,4 @@ std::unique_ptr<T> make(const std::string& yaml, const std::string& node = "node
 // yaml: a data block, e.g. "{source: folder, path: /tmp/x}".
 std::unique_ptr<Source> make_source(const std::string& yaml, const std::string& graph_dir = ".");
 
-}  // namespace pipe::testing
+}  // namespace pipeline::testing

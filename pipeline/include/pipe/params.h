@@ -10,7 +10,7 @@
 #include <variant>
 #include <vector>
 
-namespace pipe {
+namespace pipeline {
 
 enum class ParamType { integer, number, boolean, string, integer_list, number_list, string_list };
 const char* param_type_name(ParamType t);
@@ -53,4 +53,4 @@ class Params {
   std::map<std::string, ParamValue> values_;
 };
 
-}  // namespace pipe
+}  // namespace pipeline

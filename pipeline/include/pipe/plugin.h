@@ -2,7 +2,7 @@
 // `pipe_plugin_entry`, returning a descriptor. The loader checks the descriptor before it
 // calls anything else in the library and refuses a mismatch with a message naming both sides.
 //
-//   static void register_stages(pipe::Registry& r) { r.add(schema, factory); }
+//   static void register_stages(pipeline::Registry& r) { r.add(schema, factory); }
 //   PIPE_PLUGIN("my_stages", "1.0.0", register_stages)
 #pragma once
 
@@ -39,7 +39,7 @@ struct pipe_plugin_descriptor {
   const char* name;
   const char* version;
   const char* build_fingerprint;
-  void (*register_stages)(pipe::Registry& registry);
+  void (*register_stages)(pipeline::Registry& registry);
 };
 typedef const pipe_plugin_descriptor* (*pipe_plugin_entry_fn)();
 }

@@ -1,5 +1,5 @@
 // The stage registry. Built-in stages register through one explicit function
-// (pipe::register_builtin_stages) rather than static initializers, so the linker cannot
+// (pipeline::register_builtin_stages) rather than static initializers, so the linker cannot
 // drop them; plugins register through their descriptor's register function.
 #pragma once
 
@@ -10,7 +10,7 @@
 
 #include "pipe/stage.h"
 
-namespace pipe {
+namespace pipeline {
 
 struct StageEntry {
   StageSchema schema;
@@ -43,4 +43,4 @@ class Registry {
 
 void register_builtin_stages(Registry& r);
 
-}  // namespace pipe
+}  // namespace pipeline

@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <string_view>
 
-namespace pipe {
+namespace pipeline {
 
 uint64_t hash64(std::string_view s);  // FNV-1a, stable across platforms and runs
 
@@ -34,4 +34,4 @@ class Rng {
   int used_ = 4;
 };
 
-}  // namespace pipe
+}  // namespace pipeline

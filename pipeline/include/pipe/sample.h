@@ -1,8 +1,11 @@
 // Sample and Batch: what flows through a pipe graph.
 #pragma once
+// NOTE: the C++ namespace is `pipeline`, not `pipe`: POSIX <unistd.h> declares ::pipe(),
+// which makes a global `namespace pipe` a compile error in any file that includes it.
 
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -10,7 +13,7 @@
 
 #include "pipe/tensor.h"
 
-namespace pipe {
+namespace pipeline {
 
 enum class Split { train = 0, validation = 1, test = 2 };
 const char* split_name(Split s);
@@ -53,4 +56,4 @@ class SampleError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-}  // namespace pipe
+}  // namespace pipeline

@@ -8,7 +8,7 @@
 
 #include "pipe/sample.h"
 
-namespace pipe {
+namespace pipeline {
 
 class Source {
  public:
@@ -24,4 +24,4 @@ class Source {
   virtual std::string identity() const = 0;
 };
 
-}  // namespace pipe
+}  // namespace pipeline

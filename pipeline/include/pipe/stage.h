@@ -2,6 +2,8 @@
 // implementation; the registry, the graph validator, `pipe stages` and docs/stages.md all
 // read that one declaration.
 #pragma once
+// NOTE: the C++ namespace is `pipeline`, not `pipe`: POSIX <unistd.h> declares ::pipe(),
+// which makes a global `namespace pipe` a compile error in any file that includes it.
 
 #include <functional>
 #include <map>
@@ -14,7 +16,7 @@
 #include "pipe/sample.h"
 #include "pipe/source.h"
 
-namespace pipe {
+namespace pipeline {
 
 enum class StageKind {
   source,     // a `data:` source, not a node
@@ -114,4 +116,4 @@ struct SourceContext {
 using SourceFactory =
     std::function<std::unique_ptr<Source>(const Params&, const SourceContext&)>;
 
-}  // namespace pipe
+}  // namespace pipeline

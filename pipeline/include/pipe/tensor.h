@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-namespace pipe {
+namespace pipeline {
 
 struct Tensor {
   std::vector<int64_t> shape;
@@ -29,4 +29,4 @@ struct Tensor {
   std::string shape_string() const;
 };
 
-}  // namespace pipe
+}  // namespace pipeline

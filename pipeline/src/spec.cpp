@@ -1,0 +1,676 @@
+#include "spec.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+
+#include <fmt/format.h>
+
+namespace fs = std::filesystem;
+
+namespace pipeline {
+
+const NodeSpec* GraphSpec::find(const std::string& node) const {
+  for (const NodeSpec& n : nodes)
+    if (n.name == node) return &n;
+  return nullptr;
+}
+
+int GraphSpec::index_of(const std::string& node) const {
+  for (size_t i = 0; i < nodes.size(); ++i)
+    if (nodes[i].name == node) return static_cast<int>(i);
+  return -1;
+}
+
+namespace {
+
+const char* yaml_kind(const YAML::Node& n) {
+  switch (n.Type()) {
+    case YAML::NodeType::Map: return "a map";
+    case YAML::NodeType::Sequence: return "a list";
+    case YAML::NodeType::Scalar: return "a scalar";
+    case YAML::NodeType::Null: return "nothing";
+    default: return "undefined";
+  }
+}
+
+template <typename T>
+bool scalar_as(const YAML::Node& n, T& out) {
+  if (!n.IsScalar()) return false;
+  try {
+    out = n.as<T>();
+    return true;
+  } catch (const YAML::Exception&) {
+    return false;
+  }
+}
+
+bool in_range(const ParamSpec& spec, double v) {
+  return !(spec.min && v < *spec.min) && !(spec.max && v > *spec.max);
+}
+
+std::string range_text(const ParamSpec& spec) {
+  if (spec.min && spec.max) return fmt::format("[{}, {}]", *spec.min, *spec.max);
+  if (spec.min) return fmt::format(">= {}", *spec.min);
+  return fmt::format("<= {}", *spec.max);
+}
+
+std::string quoted_list(const std::vector<std::string>& v) {
+  std::vector<std::string> q;
+  for (const auto& s : v) q.push_back("'" + s + "'");
+  return fmt::format("{}", fmt::join(q, ", "));
+}
+
+// Converts one YAML value to the declared type, reporting what is wrong with it.
+std::optional<ParamValue> convert(const ParamSpec& spec, const YAML::Node& v,
+                                  const std::string& owner, const std::string& path,
+                                  Diagnostics& diag) {
+  const auto bad_type = [&](const YAML::Node& at, const std::string& got) {
+    diag.error(at, path, fmt::format("parameter '{}' of {} must be {}, got {}", spec.name, owner,
+                                     param_type_name(spec.type), got));
+    return std::nullopt;
+  };
+  const auto check_num = [&](const YAML::Node& at, double d) {
+    if (!std::isfinite(d) || !in_range(spec, d)) {
+      diag.error(at, path, fmt::format("parameter '{}' of {} is {}, out of range {}", spec.name,
+                                       owner, at.Scalar(), range_text(spec)));
+      return false;
+    }
+    return true;
+  };
+  const auto check_choice = [&](const YAML::Node& at, const std::string& s) {
+    if (!spec.choices.empty() &&
+        std::find(spec.choices.begin(), spec.choices.end(), s) == spec.choices.end()) {
+      diag.error(at, path, fmt::format("parameter '{}' of {} is '{}'; expected one of {}", spec.name,
+                                       owner, s, quoted_list(spec.choices)));
+      return false;
+    }
+    return true;
+  };
+  const auto scalar_text = [](const YAML::Node& n) {
+    return n.IsScalar() ? fmt::format("'{}'", n.Scalar()) : std::string(yaml_kind(n));
+  };
+  switch (spec.type) {
+    case ParamType::integer: {
+      int64_t i;
+      if (!scalar_as(v, i)) return bad_type(v, scalar_text(v));
+      if (!check_num(v, static_cast<double>(i))) return std::nullopt;
+      return ParamValue{i};
+    }
+    case ParamType::number: {
+      double d;
+      if (!scalar_as(v, d)) return bad_type(v, scalar_text(v));
+      if (!check_num(v, d)) return std::nullopt;
+      return ParamValue{d};
+    }
+    case ParamType::boolean: {
+      bool b;
+      if (!scalar_as(v, b)) return bad_type(v, scalar_text(v));
+      return ParamValue{b};
+    }
+    case ParamType::string: {
+      if (!v.IsScalar()) return bad_type(v, yaml_kind(v));
+      if (!check_choice(v, v.Scalar())) return std::nullopt;
+      return ParamValue{v.Scalar()};
+    }
+    case ParamType::integer_list:
+    case ParamType::number_list:
+    case ParamType::string_list: {
+      if (!v.IsSequence()) return bad_type(v, scalar_text(v));
+      if (spec.list_size >= 0 && static_cast<int>(v.size()) != spec.list_size) {
+        diag.error(v, path, fmt::format("parameter '{}' of {} must have {} elements, got {}",
+                                        spec.name, owner, spec.list_size, v.size()));
+        return std::nullopt;
+      }
+      std::vector<int64_t> ints;
+      std::vector<double> nums;
+      std::vector<std::string> strs;
+      bool ok = true;
+      for (const YAML::Node& e : v) {
+        if (spec.type == ParamType::integer_list) {
+          int64_t i;
+          if (!scalar_as(e, i)) { bad_type(e, "element " + scalar_text(e)); ok = false; continue; }
+          ok = check_num(e, static_cast<double>(i)) && ok;
+          ints.push_back(i);
+        } else if (spec.type == ParamType::number_list) {
+          double d;
+          if (!scalar_as(e, d)) { bad_type(e, "element " + scalar_text(e)); ok = false; continue; }
+          ok = check_num(e, d) && ok;
+          nums.push_back(d);
+        } else {
+          if (!e.IsScalar()) { bad_type(e, std::string("element ") + yaml_kind(e)); ok = false; continue; }
+          ok = check_choice(e, e.Scalar()) && ok;
+          strs.push_back(e.Scalar());
+        }
+      }
+      if (!ok) return std::nullopt;
+      if (spec.type == ParamType::integer_list) return ParamValue{ints};
+      if (spec.type == ParamType::number_list) return ParamValue{nums};
+      return ParamValue{strs};
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+Params parse_params(const StageSchema& schema, const YAML::Node& map, const std::string& path,
+                    Diagnostics& diag, const std::set<std::string>& skip) {
+  Params out;
+  const std::string owner =
+      fmt::format("{} '{}'", schema.kind == StageKind::source ? "source" : "stage", schema.name);
+  std::vector<std::string> names;
+  for (const ParamSpec& p : schema.params) names.push_back(p.name);
+  std::set<std::string> seen;
+  if (map.IsMap()) {
+    for (const auto& kv : map) {
+      const std::string key = kv.first.Scalar();
+      if (skip.count(key)) continue;
+      const std::string key_path = path.empty() ? key : path + "." + key;
+      if (!seen.insert(key).second) {
+        diag.error(kv.first, key_path, fmt::format("duplicate parameter '{}' for {}", key, owner));
+        continue;
+      }
+      const ParamSpec* spec = schema.find(key);
+      if (!spec) {
+        const std::string hint = did_you_mean(key, names);
+        diag.error(kv.first, key_path,
+                   fmt::format("unknown parameter '{}' for {}{}", key, owner,
+                               hint.empty() ? "" : fmt::format(" (did you mean '{}'?)", hint)));
+        continue;
+      }
+      if (auto v = convert(*spec, kv.second, owner, key_path, diag)) out.set(key, std::move(*v));
+    }
+  }
+  for (const ParamSpec& p : schema.params) {
+    if (out.has(p.name) || seen.count(p.name)) continue;
+    if (p.default_value) out.set(p.name, *p.default_value);
+    else
+      diag.error(map, path, fmt::format("missing required parameter '{}' for {}", p.name, owner));
+  }
+  return out;
+}
+
+bool apply_override(YAML::Node& doc, const std::string& assignment, Diagnostics& diag) {
+  const auto eq = assignment.find('=');
+  const std::string where = "--set " + assignment;
+  if (eq == std::string::npos || eq == 0) {
+    diag.error_in(where, 0, 0, "expected KEY.PATH=VALUE");
+    return false;
+  }
+  std::vector<std::string> parts;
+  std::stringstream ss(assignment.substr(0, eq));
+  for (std::string p; std::getline(ss, p, '.');) {
+    if (p.empty()) {
+      diag.error_in(where, 0, 0, "empty component in key path");
+      return false;
+    }
+    parts.push_back(p);
+  }
+  YAML::Node value;
+  try {
+    value = YAML::Load(assignment.substr(eq + 1));
+  } catch (const YAML::Exception& e) {
+    diag.error_in(where, 0, 0, fmt::format("value is not valid YAML: {}", e.msg));
+    return false;
+  }
+  if (!doc.IsMap()) doc = YAML::Node(YAML::NodeType::Map);
+  // Walk with fresh handles: yaml-cpp's Node assignment rebinds rather than copies.
+  std::vector<YAML::Node> chain{doc};
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    YAML::Node next = chain.back()[parts[i]];
+    if (!next.IsDefined() || next.IsNull()) {
+      chain.back()[parts[i]] = YAML::Node(YAML::NodeType::Map);
+      next = chain.back()[parts[i]];
+    } else if (!next.IsMap()) {
+      diag.error_in(where, 0, 0,
+                    fmt::format("'{}' is {}, not a map: cannot set a key inside it",
+                                fmt::join(parts.begin(), parts.begin() + static_cast<long>(i) + 1, "."),
+                                yaml_kind(next)));
+      return false;
+    }
+    chain.push_back(next);
+  }
+  chain.back()[parts.back()] = value;
+  return true;
+}
+
+namespace {
+
+struct EdgeRef {
+  std::string name;
+  int line, col;
+};
+
+// Splits "a -> b -> c" into names with the 1-based position of each in the file. Positions
+// are exact for plain and quoted scalars on one line.
+std::vector<EdgeRef> split_chain(const YAML::Node& scalar) {
+  std::vector<EdgeRef> out;
+  const std::string& text = scalar.Scalar();
+  const YAML::Mark m = scalar.Mark();
+  const int base_line = m.line >= 0 ? m.line + 1 : 0;
+  int base_col = m.column >= 0 ? m.column + 1 : 0;
+  if (scalar.Tag() == "!") base_col += 1;  // quoted: skip the opening quote
+  size_t pos = 0;
+  while (pos <= text.size()) {
+    size_t arrow = text.find("->", pos);
+    const size_t end = arrow == std::string::npos ? text.size() : arrow;
+    size_t b = pos, e = end;
+    while (b < e && std::isspace(static_cast<unsigned char>(text[b]))) ++b;
+    while (e > b && std::isspace(static_cast<unsigned char>(text[e - 1]))) --e;
+    out.push_back({text.substr(b, e - b), base_line, base_col + static_cast<int>(b)});
+    if (arrow == std::string::npos) break;
+    pos = arrow + 2;
+  }
+  return out;
+}
+
+const std::vector<std::string> kTopKeys = {"data", "nodes", "edges", "train",
+                                           "plugins", "on_error", "output"};
+
+std::string resolve_path(const std::string& dir, const std::string& p) {
+  if (p.empty() || fs::path(p).is_absolute()) return p;
+  return (fs::path(dir) / p).lexically_normal().string();
+}
+
+}  // namespace
+
+std::vector<std::string> graph_plugins(const std::string& path) {
+  std::vector<std::string> out;
+  try {
+    YAML::Node doc = YAML::LoadFile(path);
+    const std::string dir = fs::path(path).parent_path().string();
+    if (doc.IsMap() && doc["plugins"] && doc["plugins"].IsSequence())
+      for (const auto& p : doc["plugins"])
+        if (p.IsScalar()) out.push_back(resolve_path(dir.empty() ? "." : dir, p.Scalar()));
+  } catch (const YAML::Exception&) {
+    // The full parse reports syntax errors with positions.
+  }
+  return out;
+}
+
+GraphSpec parse_graph(const std::string& text, const std::string& file,
+                      const std::vector<std::string>& overrides, const Registry& registry,
+                      Diagnostics& diag) {
+  GraphSpec g;
+  g.file = file;
+  g.name = fs::path(file).stem().string();
+  g.dir = fs::path(file).parent_path().string();
+  if (g.dir.empty()) g.dir = ".";
+  diag.set_overrides(overrides);
+
+  YAML::Node doc;
+  try {
+    doc = YAML::Load(text);
+  } catch (const YAML::ParserException& e) {
+    diag.error(e.mark.line + 1, e.mark.column + 1, fmt::format("YAML syntax: {}", e.msg));
+    return g;
+  }
+  if (!doc.IsDefined() || doc.IsNull()) {
+    if (overrides.empty()) {
+      diag.error(1, 1, "empty graph file: expected a map with 'data', 'nodes' and 'edges'");
+      return g;
+    }
+  } else if (!doc.IsMap()) {
+    diag.error(doc, fmt::format("a graph file must be a map with 'data', 'nodes' and 'edges', "
+                                "got {}", yaml_kind(doc)));
+    return g;
+  }
+  for (const std::string& o : overrides)
+    if (!apply_override(doc, o, diag)) return g;
+
+  for (const auto& kv : doc) {
+    const std::string key = kv.first.Scalar();
+    if (std::find(kTopKeys.begin(), kTopKeys.end(), key) == kTopKeys.end()) {
+      const std::string hint = did_you_mean(key, kTopKeys);
+      diag.error(kv.first, key,
+                 fmt::format("unknown top-level key '{}'{}", key,
+                             hint.empty() ? fmt::format("; expected one of {}", quoted_list(kTopKeys))
+                                          : fmt::format(" (did you mean '{}'?)", hint)));
+    }
+  }
+
+  // --- data
+  const YAML::Node data = doc["data"];
+  if (!data) diag.error(doc, "missing 'data' (the source of samples)");
+  else if (!data.IsMap()) diag.error(data, "data", fmt::format("'data' must be a map, got {}", yaml_kind(data)));
+  else if (!data["source"]) diag.error(data, "data", "'data' has no 'source'");
+  else {
+    const YAML::Node src = data["source"];
+    g.source = src.IsScalar() ? src.Scalar() : "";
+    const StageEntry* e = registry.find(g.source);
+    if (!e || e->schema.kind != StageKind::source) {
+      std::vector<std::string> sources;
+      for (const StageEntry* s : registry.all())
+        if (s->schema.kind == StageKind::source) sources.push_back(s->schema.name);
+      const std::string hint = did_you_mean(g.source, sources);
+      diag.error(src, "data.source",
+                 fmt::format("unknown source '{}'{}", g.source,
+                             hint.empty() ? fmt::format("; available: {}", quoted_list(sources))
+                                          : fmt::format(" (did you mean '{}'?)", hint)));
+    } else {
+      g.source_entry = e;
+      g.source_params = parse_params(e->schema, data, "data", diag, {"source"});
+    }
+  }
+
+  // --- nodes
+  const YAML::Node nodes = doc["nodes"];
+  std::map<std::string, YAML::Node> node_keys;
+  std::vector<NodeSpec> declared;
+  if (!nodes) diag.error(doc, "missing 'nodes'");
+  else if (!nodes.IsMap()) diag.error(nodes, "nodes", fmt::format("'nodes' must be a map of name: {{stage: ...}}, got {}", yaml_kind(nodes)));
+  else {
+    for (const auto& kv : nodes) {
+      NodeSpec n;
+      n.name = kv.first.Scalar();
+      const std::string path = "nodes." + n.name;
+      const YAML::Mark m = kv.first.Mark();
+      n.line = m.line + 1;
+      n.col = m.column + 1;
+      if (node_keys.count(n.name)) {
+        const YAML::Mark first = node_keys[n.name].Mark();
+        diag.error(kv.first, path, fmt::format("duplicate node '{}' (first defined at line {})",
+                                               n.name, first.line + 1));
+        continue;
+      }
+      node_keys[n.name] = kv.first;
+      const YAML::Node body = kv.second;
+      if (!body.IsMap()) {
+        diag.error(body.IsNull() ? kv.first : body, path,
+                   fmt::format("node '{}' must be a map with a 'stage', got {}", n.name, yaml_kind(body)));
+        declared.push_back(n);
+        continue;
+      }
+      if (!body["stage"]) {
+        diag.error(kv.first, path, fmt::format("node '{}' has no 'stage'", n.name));
+        declared.push_back(n);
+        continue;
+      }
+      const YAML::Node st = body["stage"];
+      n.stage = st.IsScalar() ? st.Scalar() : "";
+      const StageEntry* e = registry.find(n.stage);
+      if (!e || e->schema.kind == StageKind::source) {
+        std::vector<std::string> stages;
+        for (const StageEntry* s : registry.all())
+          if (s->schema.kind != StageKind::source) stages.push_back(s->schema.name);
+        const std::string hint = did_you_mean(n.stage, stages);
+        diag.error(st, path + ".stage",
+                   fmt::format("unknown stage '{}' in node '{}'{}", n.stage, n.name,
+                               hint.empty() ? fmt::format("; available: {}", quoted_list(stages))
+                                            : fmt::format(" (did you mean '{}'?)", hint)));
+      } else {
+        n.entry = e;
+        n.params = parse_params(e->schema, body, path, diag);
+      }
+      declared.push_back(std::move(n));
+    }
+  }
+
+  // --- edges: chains "a -> b -> c"; a string or a list of strings.
+  std::map<std::string, std::string> next, prev;
+  std::map<std::string, EdgeRef> first_ref;
+  const YAML::Node edges = doc["edges"];
+  std::vector<YAML::Node> chains;
+  if (!edges) {
+    if (declared.size() > 1) diag.error(doc, "missing 'edges' (e.g. edges: [decode -> head])");
+  } else if (edges.IsScalar()) chains.push_back(edges);
+  else if (edges.IsSequence()) {
+    for (const auto& c : edges) {
+      if (c.IsScalar()) chains.push_back(c);
+      else diag.error(c, "edges", fmt::format("an edge chain must be a string like 'a -> b', got {}", yaml_kind(c)));
+    }
+  } else diag.error(edges, "edges", fmt::format("'edges' must be a list of chains like 'a -> b', got {}", yaml_kind(edges)));
+  bool edges_ok = true;
+  for (const YAML::Node& c : chains) {
+    std::vector<EdgeRef> refs = split_chain(c);
+    for (const EdgeRef& r : refs) {
+      if (r.name.empty()) {
+        diag.error(r.line, r.col, fmt::format("empty node name in edge chain '{}'", c.Scalar()));
+        edges_ok = false;
+      } else if (!node_keys.count(r.name)) {
+        std::vector<std::string> names;
+        for (const auto& [k, _] : node_keys) names.push_back(k);
+        const std::string hint = did_you_mean(r.name, names);
+        diag.error(r.line, r.col, fmt::format("edge to unknown node '{}'{}", r.name,
+                                              hint.empty() ? "" : fmt::format(" (did you mean '{}'?)", hint)));
+        edges_ok = false;
+      } else if (!first_ref.count(r.name)) first_ref.emplace(r.name, r);
+    }
+    if (refs.size() == 1 && !refs[0].name.empty() && node_keys.count(refs[0].name)) continue;
+    for (size_t i = 0; i + 1 < refs.size(); ++i) {
+      const EdgeRef& a = refs[i];
+      const EdgeRef& b = refs[i + 1];
+      if (a.name.empty() || b.name.empty() || !node_keys.count(a.name) || !node_keys.count(b.name)) continue;
+      if (a.name == b.name) {
+        diag.error(b.line, b.col, fmt::format("cycle: node '{}' feeds itself", a.name));
+        edges_ok = false;
+        continue;
+      }
+      auto n_it = next.find(a.name);
+      if (n_it != next.end() && n_it->second != b.name) {
+        diag.error(b.line, b.col, fmt::format("node '{}' already feeds '{}': pipe graphs are chains "
+                                              "(one input, one output per node)", a.name, n_it->second));
+        edges_ok = false;
+        continue;
+      }
+      auto p_it = prev.find(b.name);
+      if (p_it != prev.end() && p_it->second != a.name) {
+        diag.error(b.line, b.col, fmt::format("node '{}' is already fed by '{}': pipe graphs are chains "
+                                              "(one input, one output per node)", b.name, p_it->second));
+        edges_ok = false;
+        continue;
+      }
+      next[a.name] = b.name;
+      prev[b.name] = a.name;
+    }
+  }
+
+  // Order the chain from its head; report cycles and nodes outside it.
+  std::vector<std::string> order;
+  if (edges_ok && !declared.empty()) {
+    std::vector<std::string> heads;
+    for (const NodeSpec& n : declared)
+      if (!prev.count(n.name) && (next.count(n.name) || declared.size() == 1 || first_ref.count(n.name)))
+        heads.push_back(n.name);
+    // Cycle: nodes on edges that are unreachable from any head.
+    std::set<std::string> reached;
+    for (const std::string& h : heads) {
+      for (std::string cur = h; !cur.empty();) {
+        reached.insert(cur);
+        auto it = next.find(cur);
+        cur = it == next.end() ? "" : it->second;
+        if (reached.count(cur)) break;
+      }
+    }
+    bool cycle = false;
+    for (const auto& [a, b] : next)
+      if (!reached.count(a)) {
+        const EdgeRef& r = first_ref.at(b);
+        diag.error(r.line, r.col, fmt::format("cycle: '{}' -> '{}' leads back to '{}'", a, b, a));
+        cycle = true;
+        break;
+      }
+    if (!cycle) {
+      std::string longest;
+      size_t longest_len = 0;
+      std::map<std::string, size_t> chain_len;
+      for (const std::string& h : heads) {
+        size_t len = 0;
+        for (std::string cur = h; !cur.empty();) {
+          ++len;
+          auto it = next.find(cur);
+          cur = it == next.end() ? "" : it->second;
+        }
+        chain_len[h] = len;
+        if (len > longest_len) { longest_len = len; longest = h; }
+      }
+      for (std::string cur = longest; !cur.empty();) {
+        order.push_back(cur);
+        auto it = next.find(cur);
+        cur = it == next.end() ? "" : it->second;
+      }
+      std::set<std::string> in_chain(order.begin(), order.end());
+      for (const NodeSpec& n : declared)
+        if (!in_chain.count(n.name))
+          diag.error(n.line, n.col, fmt::format("node '{}' is not connected to the graph's chain "
+                                                "(starting at '{}')", n.name, longest));
+    }
+  }
+
+  for (const std::string& name : order)
+    for (NodeSpec& n : declared)
+      if (n.name == name) g.nodes.push_back(n);
+
+  // --- kinds in a possible order, payloads that fit, random stages before caches.
+  if (diag.ok() && !g.nodes.empty()) {
+    Payload have = Payload::bytes;  // sources deliver encoded bytes or raw pixels
+    const NodeSpec* random_upstream = nullptr;
+    for (size_t i = 0; i < g.nodes.size(); ++i) {
+      const NodeSpec& n = g.nodes[i];
+      const StageSchema& s = n.entry->schema;
+      const auto at_edge = [&](const std::string& msg) {
+        auto r = first_ref.find(n.name);
+        if (r != first_ref.end()) diag.error(r->second.line, r->second.col, msg);
+        else diag.error(n.line, n.col, msg);
+      };
+      if (s.kind == StageKind::sink && i + 1 != g.nodes.size())
+        at_edge(fmt::format("sink '{}' ({}) must be the last node, but it feeds '{}'", n.name,
+                            s.name, g.nodes[i + 1].name));
+      const bool fits = s.consumes == Payload::any || have == Payload::any || s.consumes == have ||
+                        (s.consumes == Payload::bytes && have == Payload::bytes);
+      if (!fits)
+        at_edge(fmt::format("node '{}' ({}) consumes {} but receives {}{}", n.name, s.name,
+                            payload_name(s.consumes), payload_name(have),
+                            i == 0 ? " from the source" : fmt::format(" from '{}'", g.nodes[i - 1].name)));
+      if (s.kind == StageKind::cache) {
+        const int64_t views = n.params.has("views") ? n.params.integer("views") : 0;
+        if (random_upstream && views == 0)
+          at_edge(fmt::format("cache '{}' keeps no views but random stage '{}' ({}) runs upstream: "
+                              "it would freeze one augmented view forever; set 'views: K' on the "
+                              "cache or move it before '{}'", n.name, random_upstream->name,
+                              random_upstream->stage, random_upstream->name));
+      }
+      if (s.random) random_upstream = &n;
+      if (s.produces != Payload::any) have = s.produces;
+    }
+    if (g.nodes.back().entry->schema.kind != StageKind::sink)
+      diag.error(g.nodes.back().line, g.nodes.back().col,
+                 fmt::format("the chain ends at '{}' ({}), which is not a sink: a graph needs a head "
+                             "or another sink at its end", g.nodes.back().name, g.nodes.back().stage));
+  }
+
+  // --- train
+  const YAML::Node train = doc["train"];
+  if (train) {
+    if (!train.IsMap()) diag.error(train, "train", fmt::format("'train' must be a map, got {}", yaml_kind(train)));
+    else {
+      StageSchema ts;
+      ts.name = "train";
+      ts.param({"epochs", ParamType::integer, "", ParamValue{int64_t{10}}, 1, 100000, {}, -1});
+      ts.param({"batch", ParamType::integer, "", ParamValue{int64_t{20}}, 1, 1 << 20, {}, -1});
+      ts.param({"seed", ParamType::integer, "", ParamValue{int64_t{1}}, 0, 9.2e18, {}, -1});
+      ts.param({"in_flight", ParamType::integer, "", ParamValue{int64_t{256}}, 1, 1 << 24, {}, -1});
+      Diagnostics local(diag.file());
+      local.set_overrides(overrides);
+      Params p = parse_params(ts, train, "train", local, {});
+      for (const Diagnostic& d : local.items()) {
+        std::string msg = d.message;
+        const auto pos = msg.find(" for stage 'train'");
+        if (pos != std::string::npos) msg.replace(pos, 18, " in 'train'");
+        const auto pos2 = msg.find(" of stage 'train'");
+        if (pos2 != std::string::npos) msg.replace(pos2, 17, " in 'train'");
+        diag.error_in(d.file, d.line, d.col, msg);
+      }
+      if (local.ok()) {
+        g.train.epochs = static_cast<int>(p.integer("epochs"));
+        g.train.batch = static_cast<int>(p.integer("batch"));
+        g.train.seed = static_cast<uint64_t>(p.integer("seed"));
+        g.train.in_flight = static_cast<int>(p.integer("in_flight"));
+      }
+    }
+  }
+
+  // --- on_error, plugins, output
+  if (const YAML::Node oe = doc["on_error"]) {
+    if (oe.IsScalar() && oe.Scalar() == "fail") g.on_error = OnError::fail;
+    else if (oe.IsScalar() && oe.Scalar() == "skip") g.on_error = OnError::skip;
+    else diag.error(oe, "on_error", fmt::format("'on_error' must be 'fail' or 'skip', got {}",
+                                                oe.IsScalar() ? "'" + oe.Scalar() + "'" : yaml_kind(oe)));
+  }
+  if (const YAML::Node pl = doc["plugins"]) {
+    if (!pl.IsSequence()) diag.error(pl, "plugins", fmt::format("'plugins' must be a list of paths, got {}", yaml_kind(pl)));
+    else
+      for (const auto& p : pl) {
+        if (!p.IsScalar()) { diag.error(p, "plugins", "a plugin must be a path string"); continue; }
+        const std::string path = resolve_path(g.dir, p.Scalar());
+        if (!fs::exists(path)) diag.error(p, "plugins", fmt::format("plugin '{}' not found (looked for {})", p.Scalar(), path));
+        g.plugins.push_back(path);
+      }
+  }
+  if (const YAML::Node out = doc["output"]) {
+    if (!out.IsMap()) diag.error(out, "output", fmt::format("'output' must be a map (e.g. {{dir: runs/x}}), got {}", yaml_kind(out)));
+    else
+      for (const auto& kv : out) {
+        const std::string key = kv.first.Scalar();
+        if (key == "dir" && kv.second.IsScalar()) g.output_dir = kv.second.Scalar();
+        else diag.error(kv.first, "output." + key, fmt::format("unknown key '{}' in 'output' (expected 'dir')", key));
+      }
+  }
+
+  // The resolved document: overrides applied and every default spelled out.
+  if (diag.ok()) {
+    YAML::Node r(YAML::NodeType::Map);
+    YAML::Node d(YAML::NodeType::Map);
+    d["source"] = g.source;
+    const auto put_params = [](YAML::Node& m, const Params& p) {
+      for (const auto& [k, v] : p.values()) m[k] = YAML::Load(param_value_string(v));
+    };
+    put_params(d, g.source_params);
+    r["data"] = d;
+    YAML::Node ns(YAML::NodeType::Map);
+    std::vector<std::string> names;
+    for (const NodeSpec& n : g.nodes) {
+      YAML::Node nm(YAML::NodeType::Map);
+      nm["stage"] = n.stage;
+      put_params(nm, n.params);
+      ns[n.name] = nm;
+      names.push_back(n.name);
+    }
+    r["nodes"] = ns;
+    YAML::Node es(YAML::NodeType::Sequence);
+    es.push_back(fmt::format("{}", fmt::join(names, " -> ")));
+    r["edges"] = es;
+    YAML::Node t(YAML::NodeType::Map);
+    t["epochs"] = g.train.epochs;
+    t["batch"] = g.train.batch;
+    t["seed"] = g.train.seed;
+    t["in_flight"] = g.train.in_flight;
+    r["train"] = t;
+    r["on_error"] = g.on_error == OnError::skip ? "skip" : "fail";
+    if (!g.plugins.empty()) r["plugins"] = g.plugins;
+    if (!g.output_dir.empty()) r["output"]["dir"] = g.output_dir;
+    g.resolved = r;
+  }
+  return g;
+}
+
+GraphSpec load_graph(const std::string& path, const std::vector<std::string>& overrides,
+                     const Registry& registry, Diagnostics& diag) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    diag.error_in(path, 0, 0, "cannot open graph file");
+    GraphSpec g;
+    g.file = path;
+    return g;
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_graph(ss.str(), path, overrides, registry, diag);
+}
+
+}  // namespace pipeline
