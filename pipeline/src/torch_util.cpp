@@ -1,0 +1,315 @@
+#include "torch_util.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <torch/version.h>
+
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <set>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+namespace pipeline {
+
+// ---------------------------------------------------------------- runtime (torch_runtime.h)
+
+void torch_set_threads(int n) {
+  static std::once_flag interop_once;
+  std::call_once(interop_once, [] {
+    // Throws when inter-op work already ran (set_num_interop_threads may be called once,
+    // before any inter-op parallel work): then the process keeps LibTorch's own setting.
+    try {
+      at::set_num_interop_threads(1);
+    } catch (const std::exception&) {
+    }
+  });
+  at::set_num_threads(std::max(1, n));
+}
+
+namespace {
+// Shared objects mapped into this process whose file name mentions a BLAS/LAPACK provider.
+std::vector<std::string> mapped_blas_libraries() {
+  std::ifstream maps("/proc/self/maps");
+  std::set<std::string> seen;
+  std::vector<std::string> out;
+  std::string line;
+  while (std::getline(maps, line)) {
+    const auto slash = line.find('/');
+    if (slash == std::string::npos) continue;
+    const std::string path = line.substr(slash);
+    const std::string file = std::filesystem::path(path).filename().string();
+    const bool blas = file.find("blas") != std::string::npos ||
+                      file.find("lapack") != std::string::npos ||
+                      file.rfind("libmkl", 0) == 0 || file.find("blis") != std::string::npos;
+    if (blas && seen.insert(path).second) out.push_back(path);
+  }
+  return out;
+}
+}  // namespace
+
+std::string torch_runtime_info() {
+  std::vector<std::string> blas = mapped_blas_libraries();
+  return fmt::format(
+      "LibTorch {}, {} intra-op thread(s), {} inter-op, BLAS: {}, oneDNN: {}, CUDA: {}",
+      TORCH_VERSION, at::get_num_threads(), at::get_num_interop_threads(),
+      blas.empty() ? std::string("none mapped") : fmt::format("{}", fmt::join(blas, ", ")),
+      at::hasMKLDNN() ? "yes" : "no",
+      torch::cuda::is_available()
+          ? fmt::format("{} device(s)", torch::cuda::device_count())
+          : std::string("not available"));
+}
+
+bool torch_cuda_available() { return torch::cuda::is_available(); }
+
+void torch_manual_seed(uint64_t seed) { torch::manual_seed(seed); }
+
+namespace torchu {
+
+// ---------------------------------------------------------------- devices
+
+torch::Device parse_device(const std::string& spec) {
+  const bool cuda_ok = torch::cuda::is_available();
+  if (spec == "auto") return cuda_ok ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+  if (spec == "cpu") return torch::Device(torch::kCPU);
+  int index = 0;
+  if (spec == "cuda") {
+    index = 0;
+  } else if (spec.rfind("cuda:", 0) == 0 && spec.size() > 5 &&
+             spec.find_first_not_of("0123456789", 5) == std::string::npos) {
+    index = std::stoi(spec.substr(5));
+  } else {
+    throw std::runtime_error(
+        fmt::format("unknown device '{}' (expected auto, cpu, cuda or cuda:N)", spec));
+  }
+  if (!cuda_ok)
+    throw std::runtime_error(fmt::format(
+        "device '{}' requested but CUDA is not available to this process (LibTorch {}, {} "
+        "CUDA device(s) visible); use device: cpu or auto",
+        spec, TORCH_VERSION, torch::cuda::device_count()));
+  const auto count = static_cast<int>(torch::cuda::device_count());
+  if (index >= count)
+    throw std::runtime_error(
+        fmt::format("device '{}' requested but only {} CUDA device(s) exist", spec, count));
+  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+}
+
+// ---------------------------------------------------------------- images
+
+ParamSpec param(std::string name, ParamType type, std::string doc,
+                std::optional<ParamValue> def, std::optional<double> min,
+                std::optional<double> max) {
+  ParamSpec p;
+  p.name = std::move(name);
+  p.type = type;
+  p.doc = std::move(doc);
+  p.default_value = std::move(def);
+  p.min = min;
+  p.max = max;
+  return p;
+}
+
+std::vector<ParamSpec> image_norm_params() {
+  return {
+      param("rescale", ParamType::number,
+            "pixel scale: x = pixel * rescale (Keras' rescale=1./255)", 1.0 / 255.0, 0.0),
+      param("mean", ParamType::number_list,
+            "per-channel RGB mean subtracted after rescale; [] = none",
+            std::vector<double>{}),
+      param("std", ParamType::number_list,
+            "per-channel RGB std dividing after the mean; [] = none (give with mean)",
+            std::vector<double>{}, 0.0),
+  };
+}
+
+ImageNorm image_norm(const Params& p, const std::string& what) {
+  ImageNorm n;
+  n.rescale = p.number("rescale");
+  n.mean = p.numbers("mean");
+  n.std = p.numbers("std");
+  if (n.mean.empty() != n.std.empty())
+    throw std::runtime_error(fmt::format("{}: give both 'mean' and 'std', or neither", what));
+  if (!n.mean.empty() && (n.mean.size() != 3 || n.std.size() != 3))
+    throw std::runtime_error(
+        fmt::format("{}: 'mean' and 'std' need 3 values (R, G, B), got {} and {}", what,
+                    n.mean.size(), n.std.size()));
+  for (double s : n.std)
+    if (!(s > 0)) throw std::runtime_error(fmt::format("{}: 'std' values must be > 0", what));
+  return n;
+}
+
+torch::Tensor images_to_tensor(const std::vector<Sample>& samples, const ImageNorm& norm,
+                               bool pinned) {
+  if (samples.empty()) throw std::logic_error("images_to_tensor: empty batch");
+  const cv::Mat& first = samples.front().image;
+  const int h = first.rows, w = first.cols;
+  for (const Sample& s : samples) {
+    if (s.image.empty())
+      throw SampleError(fmt::format("sample {} has no image", s.describe()));
+    if (s.image.type() != CV_8UC3)
+      throw SampleError(fmt::format("sample {}: expected an 8-bit 3-channel RGB image, got "
+                                    "{} channel(s) of depth {}",
+                                    s.describe(), s.image.channels(), s.image.depth()));
+    if (s.image.rows != h || s.image.cols != w)
+      throw SampleError(fmt::format("sample {} is {}x{} but the batch's first image is {}x{}; "
+                                    "resize earlier in the graph (decode size: [H, W])",
+                                    s.describe(), s.image.cols, s.image.rows, w, h));
+  }
+  float scale[3], shift[3];
+  for (int c = 0; c < 3; ++c) {
+    const double sd = norm.std.empty() ? 1.0 : norm.std[c];
+    const double mu = norm.mean.empty() ? 0.0 : norm.mean[c];
+    scale[c] = static_cast<float>(norm.rescale / sd);
+    shift[c] = static_cast<float>(-mu / sd);
+  }
+  const auto n = static_cast<int64_t>(samples.size());
+  torch::Tensor out =
+      torch::empty({n, 3, h, w}, torch::TensorOptions().dtype(torch::kFloat).pinned_memory(pinned));
+  float* base = out.data_ptr<float>();
+  const int64_t plane = int64_t{h} * w;
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const cv::Mat& m = samples[static_cast<size_t>(i)].image;
+      float* dst = base + i * 3 * plane;
+      for (int y = 0; y < h; ++y) {
+        const uint8_t* row = m.ptr<uint8_t>(y);
+        for (int c = 0; c < 3; ++c) {
+          float* d = dst + c * plane + int64_t{y} * w;
+          for (int x = 0; x < w; ++x) d[x] = static_cast<float>(row[3 * x + c]) * scale[c] + shift[c];
+        }
+      }
+    }
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------- pipe::Tensor <-> torch
+
+torch::Tensor to_torch(const Tensor& t) {
+  if (!t.defined()) throw std::logic_error("to_torch: undefined tensor");
+  std::shared_ptr<const float> keep = t.data;
+  return torch::from_blob(const_cast<float*>(t.ptr()), t.shape,
+                          [keep](void*) mutable { keep.reset(); }, torch::kFloat);
+}
+
+Tensor from_torch(const torch::Tensor& t) {
+  torch::Tensor c = t.detach().to(torch::kCPU, torch::kFloat).contiguous();
+  Tensor out;
+  out.shape.assign(c.sizes().begin(), c.sizes().end());
+  const float* p = c.data_ptr<float>();
+  out.data = std::shared_ptr<const float>(p, [c](const float*) {});
+  return out;
+}
+
+// ---------------------------------------------------------------- architectures
+
+namespace nn = torch::nn;
+
+bool is_builtin(const std::string& name) { return name == "vgg16" || name == "small_vgg"; }
+std::vector<std::string> builtin_names() { return {"small_vgg", "vgg16"}; }
+
+int64_t builtin_channels(const std::string& name) { return name == "vgg16" ? 512 : 128; }
+
+namespace {
+constexpr int kPool = 0;
+// torchvision's make_layers: conv3x3(pad 1) [+ BN] + ReLU(inplace) per entry, M = maxpool 2x2.
+nn::Sequential make_vgg(const std::vector<int>& cfg, bool batch_norm) {
+  nn::Sequential s;
+  int64_t in = 3;
+  for (int c : cfg) {
+    if (c == kPool) {
+      s->push_back(nn::MaxPool2d(nn::MaxPool2dOptions(2).stride(2)));
+      continue;
+    }
+    s->push_back(nn::Conv2d(nn::Conv2dOptions(in, c, 3).padding(1).bias(!batch_norm)));
+    if (batch_norm) s->push_back(nn::BatchNorm2d(c));
+    s->push_back(nn::ReLU(nn::ReLUOptions(true)));
+    in = c;
+  }
+  return s;
+}
+}  // namespace
+
+nn::Sequential make_builtin(const std::string& name) {
+  const int M = kPool;
+  if (name == "vgg16")  // torchvision cfg "D", no batch norm: features.0 ... features.30
+    return make_vgg({64, 64, M, 128, 128, M, 256, 256, 256, M, 512, 512, 512, M, 512, 512, 512, M},
+                    false);
+  if (name == "small_vgg") return make_vgg({32, 32, M, 64, 64, M, 128, 128, M}, true);
+  throw std::runtime_error(fmt::format("unknown builtin model '{}' (builtins: {})", name,
+                                       fmt::join(builtin_names(), ", ")));
+}
+
+at::Generator make_generator(uint64_t seed) {
+  return at::make_generator<at::CPUGeneratorImpl>(seed);
+}
+
+void init_module(nn::Module& m, at::Generator& gen) {
+  torch::NoGradGuard no_grad;
+  for (const auto& mod : m.modules(/*include_self=*/true)) {
+    if (auto* conv = mod->as<nn::Conv2d>()) {
+      const auto& w = conv->weight;
+      const double fan_out = static_cast<double>(w.size(0) * w.size(2) * w.size(3));
+      w.normal_(0.0, std::sqrt(2.0 / fan_out), gen);
+      if (conv->bias.defined()) conv->bias.zero_();
+    } else if (auto* lin = mod->as<nn::Linear>()) {
+      const auto& w = lin->weight;
+      const double limit = std::sqrt(6.0 / static_cast<double>(w.size(0) + w.size(1)));
+      w.uniform_(-limit, limit, gen);
+      if (lin->bias.defined()) lin->bias.zero_();
+    } else if (auto* bn = mod->as<nn::BatchNorm2d>()) {
+      bn->weight.fill_(1.0);
+      bn->bias.zero_();
+    }
+  }
+}
+
+// ---------------------------------------------------------------- files
+
+std::string resolve_path(const std::string& path, const std::string& base_dir) {
+  std::filesystem::path p(path);
+  if (p.is_absolute() || base_dir.empty()) return p.lexically_normal().string();
+  return (std::filesystem::path(base_dir) / p).lexically_normal().string();
+}
+
+std::string file_hash(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(fmt::format("cannot read '{}'", path));
+  uint64_t h = 1469598103934665603ull;  // FNV-1a 64, as pipe::hash64
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    const std::streamsize got = in.gcount();
+    for (std::streamsize i = 0; i < got; ++i) {
+      h ^= static_cast<uint8_t>(buf[static_cast<size_t>(i)]);
+      h *= 1099511628211ull;
+    }
+  }
+  return fmt::format("{:016x}", h);
+}
+
+// ---------------------------------------------------------------- modules
+
+void freeze(nn::Module& m) {
+  m.eval();
+  for (auto& p : m.parameters()) p.set_requires_grad(false);
+}
+
+std::vector<torch::Tensor> snapshot(const nn::Module& m) {
+  std::vector<torch::Tensor> out;
+  for (const auto& p : m.parameters()) out.push_back(p.detach().clone());
+  for (const auto& b : m.buffers()) out.push_back(b.detach().clone());
+  return out;
+}
+
+void restore(nn::Module& m, const std::vector<torch::Tensor>& snap) {
+  torch::NoGradGuard no_grad;
+  size_t i = 0;
+  for (auto& p : m.parameters()) p.copy_(snap.at(i++));
+  for (auto& b : m.buffers()) b.copy_(snap.at(i++));
+}
+
+}  // namespace torchu
+}  // namespace pipeline

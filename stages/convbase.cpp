@@ -1,0 +1,184 @@
+// convbase: a frozen convolutional base: a batch of RGB images -> per-sample feature maps.
+//
+// Per-batch map, serial (it owns the device and uses LibTorch's intra-op threads), no
+// randomness. Consumes `image` (H x W x 3 uint8 RGB, the same size across a batch);
+// produces `features`: one float32 (C, H', W') tensor per sample, and clears `image`.
+// The model is frozen: eval() (BatchNorm uses its running statistics, dropout is off),
+// requires_grad(false) on every parameter, and the forward runs under torch::InferenceMode.
+// Pixels become x = p * rescale, or (p * rescale - mean[c]) / std[c] when mean/std are given.
+// On CUDA the host batch is allocated in pinned memory and copied with non_blocking=true;
+// `bf16: true` runs the forward under CUDA autocast to bfloat16 (ignored on the CPU).
+// fingerprint() identifies the weights by content (FNV-1a of the weights or TorchScript
+// file) so that a cache keyed on it is invalidated by any change of the weights.
+// Params:
+//   model: builtin:vgg16 | builtin:small_vgg | PATH   architecture, or a TorchScript file
+//   weights: PATH     torch::save()d weights for a builtin ("" = random init, tests only)
+//   init_seed: N      seed of the random init when weights is ""
+//   device: auto|cpu|cuda|cuda:N,  batch: N,  rescale, mean, std,  bf16: bool
+//
+// Example config:
+//   features: {stage: convbase, model: "builtin:small_vgg",
+//              weights: ../models/small_vgg_fmnist.pt, device: auto, batch: 64}
+#include <filesystem>
+#include <optional>
+
+#include <ATen/autocast_mode.h>
+#include <fmt/format.h>
+#include <torch/script.h>
+
+#include "builtin.h"
+#include "torch_util.h"
+
+namespace pipeline::stages {
+namespace {
+
+using torchu::param;
+
+// First line of a (often multi-line, stack-trace carrying) c10 error message.
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+class ConvBase : public BatchStage {
+ public:
+  ConvBase(const Params& p, const StageContext& ctx)
+      : what_(fmt::format("convbase '{}'", ctx.node)),
+        device_(torchu::parse_device(p.string("device"))),
+        norm_(torchu::image_norm(p, what_)),
+        batch_(static_cast<int>(p.integer("batch"))),
+        bf16_(p.boolean("bf16")) {
+    const std::string& model = p.string("model");
+    const std::string& weights = p.string("weights");
+    if (model.rfind("builtin:", 0) == 0) {
+      const std::string name = model.substr(8);
+      if (!torchu::is_builtin(name))
+        throw std::runtime_error(fmt::format("{}: unknown builtin model '{}' (builtins: {})", what_,
+                                             name, fmt::join(torchu::builtin_names(), ", ")));
+      builtin_ = torchu::make_builtin(name);
+      if (weights.empty()) {
+        const auto seed = static_cast<uint64_t>(p.integer("init_seed"));
+        at::Generator gen = torchu::make_generator(seed);
+        torchu::init_module(*builtin_, gen);
+        fingerprint_ = fmt::format("{} random-init:{}", model, seed);
+      } else {
+        const std::string path = existing_file(weights, ctx.graph_dir, "weights");
+        try {
+          torch::load(builtin_, path);
+        } catch (const c10::Error& e) {
+          throw std::runtime_error(fmt::format("{}: cannot load weights '{}' into {}: {}", what_,
+                                               path, model, first_line(e.what_without_backtrace())));
+        }
+        fingerprint_ = fmt::format("{} weights:{}", model, torchu::file_hash(path));
+      }
+      torchu::freeze(*builtin_);
+      builtin_->to(device_);
+    } else {
+      if (!weights.empty())
+        throw std::runtime_error(fmt::format(
+            "{}: 'weights' applies to builtin models only; the TorchScript file '{}' carries "
+            "its own", what_, model));
+      const std::string path = existing_file(model, ctx.graph_dir, "model");
+      try {
+        script_ = torch::jit::load(path, device_);
+      } catch (const c10::Error& e) {
+        throw std::runtime_error(fmt::format("{}: cannot load TorchScript model '{}': {}", what_,
+                                             path, first_line(e.what_without_backtrace())));
+      }
+      script_->eval();
+      for (auto p : script_->parameters()) p.set_requires_grad(false);
+      fingerprint_ = fmt::format("torchscript:{}", torchu::file_hash(path));
+    }
+  }
+
+  int batch_size() const override { return batch_; }
+  std::string fingerprint() const override { return fingerprint_; }
+
+  void process(Batch& batch) override {
+    if (batch.samples.empty()) return;
+    const bool cuda = device_.is_cuda();
+    torch::Tensor x = torchu::images_to_tensor(batch.samples, norm_, /*pinned=*/cuda);
+    torch::InferenceMode inference;
+    torch::Tensor y = forward(x.to(device_, /*non_blocking=*/cuda));
+    y = y.to(torch::kCPU, torch::kFloat).contiguous();
+    if (y.dim() < 2 || y.size(0) != static_cast<int64_t>(batch.size()))
+      throw std::runtime_error(fmt::format("{}: the model returned shape ({}) for a batch of {}",
+                                           what_, fmt::join(y.sizes(), ", "), batch.size()));
+    for (size_t i = 0; i < batch.size(); ++i) {
+      Sample& s = batch.samples[i];
+      s.features = torchu::from_torch(y[static_cast<int64_t>(i)]);  // aliases the batch output
+      s.image.release();
+    }
+  }
+
+ private:
+  std::string existing_file(const std::string& given, const std::string& dir,
+                            const char* param) const {
+    const std::string path = torchu::resolve_path(given, dir);
+    if (!std::filesystem::is_regular_file(path))
+      throw std::runtime_error(fmt::format("{}: {} file '{}' does not exist{}", what_, param, path,
+                                           path == given ? "" : fmt::format(" (given as '{}')", given)));
+    return path;
+  }
+
+  torch::Tensor forward(const torch::Tensor& x) {
+    const bool autocast = bf16_ && device_.is_cuda();
+    if (autocast) {
+      at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+      at::autocast::set_enabled(true);
+    }
+    struct AutocastOff {
+      bool on;
+      ~AutocastOff() {
+        if (on) {
+          at::autocast::set_enabled(false);
+          at::autocast::clear_cache();
+        }
+      }
+    } off{autocast};
+    if (builtin_) return builtin_->forward(x);
+    return script_->forward({x}).toTensor();
+  }
+
+  std::string what_;
+  torch::Device device_;
+  torchu::ImageNorm norm_;
+  int batch_;
+  bool bf16_;
+  torch::nn::Sequential builtin_{nullptr};
+  std::optional<torch::jit::Module> script_;
+  std::string fingerprint_;
+};
+
+}  // namespace
+
+void register_convbase(Registry& r) {
+  StageSchema s;
+  s.name = "convbase";
+  s.doc = "Frozen convolutional base (eval mode, no gradients): a batch of RGB images -> "
+          "per-sample float feature maps (C, H', W'). Builtin architectures (vgg16 as "
+          "torchvision's features, small_vgg for 28-64 px) or a TorchScript file.";
+  s.kind = StageKind::batch_map;
+  s.concurrency = Concurrency::serial;  // owns the model and the device; batches internally
+  s.has_device = true;
+  s.consumes = Payload::image;
+  s.produces = Payload::features;
+  s.param(param("model", ParamType::string,
+                "builtin:vgg16, builtin:small_vgg, or a TorchScript file (relative to the graph)",
+                std::nullopt));
+  s.param(param("weights", ParamType::string,
+                "weights for a builtin, written by torch::save(module) (e.g. by train_base); "
+                "\"\" = random init from init_seed, only useful for tests",
+                std::string()));
+  s.param(param("init_seed", ParamType::integer, "seed of the random init (weights: \"\")",
+                int64_t{0}, 0.0));
+  s.param(param("device", ParamType::string, "auto (CUDA when available), cpu, cuda, cuda:N",
+                std::string("auto")));
+  s.param(param("batch", ParamType::integer, "images per forward pass", int64_t{64}, 1.0, 65536.0));
+  for (ParamSpec& p : torchu::image_norm_params()) s.param(std::move(p));
+  s.param(param("bf16", ParamType::boolean, "CUDA only: forward under bfloat16 autocast", false));
+  s.example = "{stage: convbase, model: \"builtin:small_vgg\", weights: ../models/small_vgg_fmnist.pt, "
+              "device: auto, batch: 64}";
+  r.add(std::move(s), [](const Params& p, const StageContext& ctx) -> std::unique_ptr<Stage> {
+    return std::make_unique<ConvBase>(p, ctx);
+  });
+}
+
+}  // namespace pipeline::stages
