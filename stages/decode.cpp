@@ -1,0 +1,189 @@
+// decode: encoded file bytes (or a raw image) -> H x W x 3 RGB uint8 image.
+//
+// Per-sample map, parallel, deterministic. Consumes `bytes` (from the folder source) or an
+// already-present `image` (the fashion_mnist source's 28x28 gray pixels; 1 channel = gray,
+// 3 = RGB, 4 = RGBA); produces `image`: a continuous CV_8UC3 RGB Mat of `size` [H, W].
+// Bytes are decoded with cv::imdecode(IMREAD_COLOR), which applies the EXIF orientation tag
+// (as OpenCV does by default: IMREAD_IGNORE_ORIENTATION is not set); 16-bit files become 8-bit.
+// Before decoding, the PNG, JPEG, BMP and WebP headers are read for their dimensions so that
+// an image declaring more than `max_pixels` is refused without decoding it; the decoded size
+// is checked again. `bytes` is released after decoding (the encoded file is no longer needed).
+// Errors are per-sample (pipeline::SampleError): undecodable data, too many pixels, no payload.
+// Params:
+//   size: [H, W]                                   output size (default [32, 32])
+//   interpolation: nearest|bilinear|area|bicubic   resize filter (default bilinear)
+//   max_pixels: N                                  refuse larger images (default 1e8)
+//
+// Example config:
+//   decode: {stage: decode, size: [150, 150], interpolation: area}
+#include <cstring>
+#include <memory>
+
+#include <fmt/format.h>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include "builtin.h"
+
+namespace pipeline::stages {
+namespace {
+
+uint32_t be16(const uint8_t* p) { return (uint32_t{p[0]} << 8) | p[1]; }
+uint32_t be32(const uint8_t* p) { return (be16(p) << 16) | be16(p + 2); }
+uint32_t le16(const uint8_t* p) { return (uint32_t{p[1]} << 8) | p[0]; }
+uint32_t le24(const uint8_t* p) { return (uint32_t{p[2]} << 16) | le16(p); }
+uint32_t le32(const uint8_t* p) { return (uint32_t{p[3]} << 24) | le24(p); }
+
+// Pixels the file's header declares, or 0 when the format is not recognised here (the
+// decoded size is checked anyway).
+uint64_t header_pixels(const std::vector<uint8_t>& b) {
+  const size_t n = b.size();
+  const uint8_t* p = b.data();
+  if (n >= 24 && std::memcmp(p, "\x89PNG\r\n\x1a\n", 8) == 0 && std::memcmp(p + 12, "IHDR", 4) == 0)
+    return uint64_t{be32(p + 16)} * be32(p + 20);
+  if (n >= 26 && p[0] == 'B' && p[1] == 'M') {
+    const int64_t w = static_cast<int32_t>(le32(p + 18)), h = static_cast<int32_t>(le32(p + 22));
+    return static_cast<uint64_t>(std::abs(w)) * static_cast<uint64_t>(std::abs(h));
+  }
+  if (n >= 30 && std::memcmp(p, "RIFF", 4) == 0 && std::memcmp(p + 8, "WEBP", 4) == 0) {
+    if (std::memcmp(p + 12, "VP8X", 4) == 0) return uint64_t{le24(p + 24) + 1} * (le24(p + 27) + 1);
+    if (std::memcmp(p + 12, "VP8L", 4) == 0) {
+      const uint32_t v = le32(p + 21);
+      return uint64_t{(v & 0x3fff) + 1} * (((v >> 14) & 0x3fff) + 1);
+    }
+    if (std::memcmp(p + 12, "VP8 ", 4) == 0)
+      return uint64_t{le16(p + 26) & 0x3fff} * (le16(p + 28) & 0x3fff);
+    return 0;
+  }
+  if (n >= 4 && p[0] == 0xFF && p[1] == 0xD8) {  // JPEG: walk segments to the frame header
+    size_t i = 2;
+    while (i + 4 <= n) {
+      if (p[i] != 0xFF) return 0;
+      const uint8_t m = p[i + 1];
+      if (m == 0xFF) { ++i; continue; }  // fill byte
+      if (m == 0x01 || (m >= 0xD0 && m <= 0xD7)) { i += 2; continue; }
+      const bool sof = m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC;
+      if (sof && i + 9 <= n) return uint64_t{be16(p + i + 5)} * be16(p + i + 7);
+      if (m == 0xD9 || m == 0xDA) return 0;  // end of image / start of scan before a frame
+      i += 2 + be16(p + i + 2);
+    }
+  }
+  return 0;
+}
+
+int interpolation_flag(const std::string& s) {
+  if (s == "nearest") return cv::INTER_NEAREST;
+  if (s == "area") return cv::INTER_AREA;
+  if (s == "bicubic") return cv::INTER_CUBIC;
+  return cv::INTER_LINEAR;
+}
+
+class Decode : public MapStage {
+ public:
+  explicit Decode(const Params& p)
+      : interp_(interpolation_flag(p.string("interpolation"))),
+        max_pixels_(static_cast<uint64_t>(p.integer("max_pixels"))) {
+    const std::vector<int64_t> size = p.integers("size");
+    size_ = cv::Size(static_cast<int>(size[1]), static_cast<int>(size[0]));
+  }
+
+  void process(Sample& sample, Rng&) override {
+    cv::Mat rgb = sample.bytes ? decode_bytes(*sample.bytes) : to_rgb(sample.image);
+    check_pixels(static_cast<uint64_t>(rgb.rows) * static_cast<uint64_t>(rgb.cols));
+    if (rgb.size() != size_) {
+      cv::Mat out;
+      cv::resize(rgb, out, size_, 0, 0, interp_);
+      rgb = out;
+    }
+    if (!rgb.isContinuous()) rgb = rgb.clone();
+    sample.image = rgb;
+    sample.bytes.reset();
+  }
+
+ private:
+  void check_pixels(uint64_t pixels) const {
+    if (pixels > max_pixels_)
+      throw SampleError(fmt::format("image has {} pixels, more than max_pixels = {}", pixels,
+                                    max_pixels_));
+  }
+
+  cv::Mat decode_bytes(const std::vector<uint8_t>& bytes) const {
+    if (bytes.empty()) throw SampleError("cannot decode image (empty file)");
+    check_pixels(header_pixels(bytes));
+    const cv::Mat raw(1, static_cast<int>(bytes.size()), CV_8UC1,
+                      const_cast<uint8_t*>(bytes.data()));
+    cv::Mat bgr;
+    try {
+      bgr = cv::imdecode(raw, cv::IMREAD_COLOR);
+    } catch (const cv::Exception& e) {
+      throw SampleError(fmt::format("cannot decode image: {}", e.what()));
+    }
+    if (bgr.empty())
+      throw SampleError("cannot decode image (not a supported format or truncated)");
+    cv::Mat rgb;
+    cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
+    return rgb;
+  }
+
+  static cv::Mat to_rgb(const cv::Mat& img) {
+    if (img.empty()) throw SampleError("decode: sample has neither bytes nor an image");
+    if (img.depth() != CV_8U)
+      throw SampleError(fmt::format("decode: image depth {} is not 8-bit", img.depth()));
+    cv::Mat rgb;
+    switch (img.channels()) {
+      case 1: cv::cvtColor(img, rgb, cv::COLOR_GRAY2RGB); break;
+      case 3: rgb = img; break;
+      case 4: cv::cvtColor(img, rgb, cv::COLOR_RGBA2RGB); break;
+      default:
+        throw SampleError(fmt::format("decode: image has {} channels (want 1, 3 or 4)",
+                                      img.channels()));
+    }
+    return rgb;
+  }
+
+  cv::Size size_;
+  int interp_;
+  uint64_t max_pixels_;
+};
+
+ParamSpec param(std::string name, ParamType type, std::string doc, ParamValue def) {
+  ParamSpec p;
+  p.name = std::move(name);
+  p.type = type;
+  p.doc = std::move(doc);
+  p.default_value = std::move(def);
+  return p;
+}
+
+}  // namespace
+
+void register_decode(Registry& r) {
+  StageSchema s;
+  s.name = "decode";
+  s.doc = "Decodes encoded image bytes (JPEG, PNG, BMP, WebP; EXIF orientation applied) or "
+          "converts a gray/RGB/RGBA image to RGB uint8, resized to `size`.";
+  s.kind = StageKind::map;
+  s.concurrency = Concurrency::parallel;
+  s.random = false;
+  s.consumes = Payload::any;  // bytes or image
+  s.produces = Payload::image;
+  ParamSpec size = param("size", ParamType::integer_list, "output [height, width], pixels",
+                         std::vector<int64_t>{32, 32});
+  size.list_size = 2;
+  size.min = 1;
+  size.max = 4096;
+  ParamSpec interp = param("interpolation", ParamType::string, "resize filter",
+                           std::string("bilinear"));
+  interp.choices = {"nearest", "bilinear", "area", "bicubic"};
+  ParamSpec maxp = param("max_pixels", ParamType::integer,
+                         "refuse images with more pixels (checked from the header when possible)",
+                         int64_t{100000000});
+  maxp.min = 1;
+  s.param(size).param(interp).param(maxp);
+  s.example = "{stage: decode, size: [150, 150], interpolation: area}";
+  r.add(std::move(s), [](const Params& p, const StageContext&) -> std::unique_ptr<Stage> {
+    return std::make_unique<Decode>(p);
+  });
+}
+
+}  // namespace pipeline::stages
