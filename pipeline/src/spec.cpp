@@ -528,7 +528,10 @@ GraphSpec parse_graph(const std::string& text, const std::string& file,
 
   // --- kinds in a possible order, payloads that fit, random stages before caches.
   if (diag.ok() && !g.nodes.empty()) {
-    Payload have = Payload::bytes;  // sources deliver encoded bytes or raw pixels
+    // Sources declare what they deliver (encoded bytes, raw pixels as an image, features).
+    Payload have = g.source_entry && g.source_entry->schema.produces != Payload::any
+                       ? g.source_entry->schema.produces
+                       : Payload::bytes;
     const NodeSpec* random_upstream = nullptr;
     for (size_t i = 0; i < g.nodes.size(); ++i) {
       const NodeSpec& n = g.nodes[i];
@@ -542,7 +545,8 @@ GraphSpec parse_graph(const std::string& text, const std::string& file,
         at_edge(fmt::format("sink '{}' ({}) must be the last node, but it feeds '{}'", n.name,
                             s.name, g.nodes[i + 1].name));
       const bool fits = s.consumes == Payload::any || have == Payload::any || s.consumes == have ||
-                        (s.consumes == Payload::bytes && have == Payload::bytes);
+                        // a decoder takes encoded bytes or raw pixels alike
+                        (s.consumes == Payload::bytes && have == Payload::image);
       if (!fits)
         at_edge(fmt::format("node '{}' ({}) consumes {} but receives {}{}", n.name, s.name,
                             payload_name(s.consumes), payload_name(have),

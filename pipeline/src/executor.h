@@ -1,0 +1,97 @@
+// The executor: runs one pass (one split, one epoch) of a resolved chain on a
+// tbb::flow::graph with the properties the framework promises:
+//   bounded   a limiter caps samples between the feed and the sink;
+//   ordered   a sequencer restores feed order before anything batches;
+//   seeded    random stages draw from per-(seed, node, epoch, sample, view) streams;
+//   failing   an exception cancels the pass once, naming node and sample.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "pipe/stage.h"
+#include "spec.h"
+
+namespace pipeline {
+
+// Per-node counters, accumulated over every pass of a run.
+struct NodeProfile {
+  std::string node;
+  std::string stage;
+  std::atomic<int64_t> items{0};
+  std::atomic<int64_t> busy_ns{0};     // inside the stage's code
+  std::atomic<int64_t> blocked_ns{0};  // finished, waiting for the next node to take the sample
+  std::atomic<int64_t> wait_ns{0};     // serial tail only: idle, waiting for input
+};
+
+class Profile {
+ public:
+  NodeProfile& node(const std::string& name, const std::string& stage);
+  std::vector<const NodeProfile*> nodes() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<std::unique_ptr<NodeProfile>> nodes_;
+};
+
+// A node error: which node, which sample, what went wrong. Its what() says all three.
+class NodeError : public std::runtime_error {
+ public:
+  NodeError(std::string node, std::string sample, const std::string& what);
+  std::string node, sample, reason;
+};
+
+struct SkippedSample {
+  int64_t id = -1;
+  std::string sample;  // file path for files, else "<split>#<id>"
+  std::string reason;
+  std::string node;
+};
+
+// One step of a pass, in chain order.
+struct PassNode {
+  std::string name;
+  std::string stage;
+  StageKind kind = StageKind::map;
+  Stage* impl = nullptr;     // MapStage / BatchStage / SinkStage; null for cache ops
+  bool random = false;
+  Concurrency concurrency = Concurrency::parallel;
+  // Cache writer: called in order with every sample that reaches it (nullptr: not a writer).
+  std::function<void(const Sample&)> write;
+};
+
+struct PassResult {
+  int64_t fed = 0, consumed = 0;
+  std::vector<SkippedSample> skipped;
+  bool interrupted = false;
+  double seconds = 0;
+};
+
+struct PassSpec {
+  Split split = Split::train;
+  int epoch = 0;
+  uint64_t seed = 0;
+  int64_t count = 0;                              // samples to feed
+  std::function<Sample(int64_t seq)> describe;    // serial, cheap: metadata of the seq-th sample
+  std::function<void(Sample&)> load;              // parallel: fills the payload
+  std::string load_name = "load";                 // profile name of the load step
+  std::vector<PassNode> nodes;                    // after the feed, in order; last may be a sink
+  int sink_batch = 20;
+  int in_flight = 256;
+  bool skip_bad = false;                          // on_error: skip
+  bool ordered = true;                            // false only for benchmarks of the cost of order
+  const std::atomic<bool>* stop = nullptr;        // set by SIGINT: stop feeding
+  std::function<void(int64_t done, int64_t total)> progress;  // from the serial tail
+  // Test instrumentation: called with the number of samples in flight after each admission.
+  std::function<void(int64_t)> on_admit;
+};
+
+PassResult run_pass(const PassSpec& pass, Profile& profile);
+
+}  // namespace pipeline

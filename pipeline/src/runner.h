@@ -1,0 +1,56 @@
+// The runner: a validated GraphSpec -> epochs of train/validation passes, a test pass, and
+// a run directory. It decides, per pass, where the cache cuts the chain.
+#pragma once
+
+#include <atomic>
+#include <string>
+#include <vector>
+
+#include "executor.h"
+#include "json.h"
+#include "spec.h"
+
+namespace pipeline {
+
+struct RunConfig {
+  int threads = 0;          // 0: all cores
+  std::string out_dir;      // "" : spec.output_dir, else runs/<graph>-<time>
+  bool write_outputs = true;
+  bool progress = false;    // a live progress bar (on a terminal)
+  bool quiet = false;       // no per-epoch lines
+  bool ordered = true;      // benchmarks only
+  const std::atomic<bool>* stop = nullptr;
+};
+
+struct EpochMetrics {
+  int epoch = 0;
+  SplitMetrics train, validation;
+  double seconds = 0;
+  double images_per_s = 0;
+};
+
+struct RunResult {
+  std::string out_dir;
+  std::vector<EpochMetrics> epochs;
+  SplitMetrics test;
+  double best_val_acc = -1;
+  int best_epoch = 0;
+  double seconds = 0;
+  double extraction_seconds = 0;
+  int64_t cache_hits = 0, cache_misses = 0;
+  std::vector<SkippedSample> skipped;
+  bool interrupted = false;
+  Json summary;
+  Json profile;
+};
+
+// Sets TBB's and LibTorch's thread counts together (n <= 0: all cores) and returns n.
+int configure_threads(int n);
+
+// Runs the graph. Throws NodeError / std::runtime_error when the run fails.
+RunResult run_graph(const GraphSpec& spec, const RunConfig& config);
+
+// The graph in Graphviz DOT; nodes a cache cuts (they run only on a cache miss) are dashed.
+std::string graph_dot(const GraphSpec& spec);
+
+}  // namespace pipeline
