@@ -77,9 +77,23 @@ class DoubleBatch : public BatchStage {
 
 // Records everything it sees; "loss" is the mean feature, "accuracy" the share of samples
 // whose rounded feature parity matches the label.
+class RecordSink;
+struct Seen {
+  Split split;
+  int epoch;
+  int64_t id;
+  float value;
+};
+// What the most recently destroyed RecordSink saw (the runner owns and destroys its stages).
+inline std::vector<Seen>& last_seen() {
+  static std::vector<Seen> s;
+  return s;
+}
+
 class RecordSink : public SinkStage {
  public:
   explicit RecordSink(const Params& p) : sleep_us_(p.integer("sleep_us")) {}
+  ~RecordSink() override { last_seen() = seen; }
   void begin_epoch(Split, int) override { sum_ = 0; hits_ = 0; n_ = 0; }
   void consume(Batch& b) override {
     if (sleep_us_ > 0) std::this_thread::sleep_for(std::chrono::microseconds(sleep_us_));
@@ -96,12 +110,6 @@ class RecordSink : public SinkStage {
   SplitMetrics end_epoch() override {
     return {n_ ? sum_ / static_cast<double>(n_) : 0, n_ ? static_cast<double>(hits_) / static_cast<double>(n_) : 0, n_};
   }
-  struct Seen {
-    Split split;
-    int epoch;
-    int64_t id;
-    float value;
-  };
   std::mutex mu;
   std::vector<Seen> seen;
   std::vector<size_t> batches;
@@ -117,12 +125,6 @@ class TestCache : public Stage {};
 
 inline ParamSpec int_param(const char* name, int64_t def, const char* doc = "test parameter") {
   return {name, ParamType::integer, doc, ParamValue{def}, 0, 1e9, {}, -1};
-}
-
-// The most recent RecordSink built (tests run one graph at a time).
-inline RecordSink*& last_sink() {
-  static RecordSink* s = nullptr;
-  return s;
 }
 
 inline void register_test_stages() {
@@ -175,11 +177,7 @@ inline void register_test_stages() {
   sink.concurrency = Concurrency::serial;
   sink.consumes = Payload::features;
   sink.param(int_param("sleep_us", 0));
-  r.add(sink, [](const Params& p, const StageContext&) {
-    auto s = std::make_unique<RecordSink>(p);
-    last_sink() = s.get();
-    return s;
-  });
+  r.add(sink, [](const Params& p, const StageContext&) { return std::make_unique<RecordSink>(p); });
   r.set_origin("built-in");
 }
 

@@ -35,7 +35,7 @@ train: {epochs: 3, batch: 5, seed: 42}
 )";
 
 struct Record {
-  std::vector<test::RecordSink::Seen> seen;
+  std::vector<test::Seen> seen;
   std::string summary_metrics;
 };
 
@@ -47,7 +47,7 @@ Record run_with_threads(int threads, const std::string& yaml, std::vector<std::s
   cfg.quiet = true;
   RunResult r = run_graph(g, cfg);
   Record rec;
-  rec.seen = test::last_sink()->seen;
+  rec.seen = test::last_seen();
   Json m = Json::array();
   for (const EpochMetrics& e : r.epochs)
     m.push(Json(Json::Array{Json(e.train.loss), Json(e.train.accuracy), Json(e.validation.loss), Json(e.validation.accuracy)}));
@@ -61,6 +61,14 @@ Record run_with_threads(int threads, const std::string& yaml, std::vector<std::s
 TEST_CASE("a seeded graph with a random stage gives identical results at 1 and 2 threads") {
   const Record a = run_with_threads(1, kRandomGraph);
   const Record b = run_with_threads(2, kRandomGraph);
+  auto census = [](const Record& r) {
+    std::map<std::pair<int, int>, int> c;
+    for (const auto& s : r.seen) ++c[{static_cast<int>(s.split), s.epoch}];
+    std::string out;
+    for (const auto& [k, v] : c) out += fmt::format("{}/{}:{} ", k.first, k.second, v);
+    return out;
+  };
+  INFO("1 thread: " << census(a) << "; 2 threads: " << census(b));
   REQUIRE(a.seen.size() == b.seen.size());
   // train 200 x 3 epochs + validation 100 x 3 + test 100
   REQUIRE(a.seen.size() == 200 * 3 + 100 * 3 + 100);

@@ -54,16 +54,16 @@ TEST_CASE("validation errors name file, line and column") {
   }
   SECTION("unknown stage with a did-you-mean") {
     CHECK(errors("data: {source: t_count}\nnodes:\n  s: {stage: t_snk}\nedges: [s]\n") ==
-          V{"g.yaml:3:13: error: unknown stage 't_snk' in node 's' (did you mean 't_sink'?)"});
+          V{"g.yaml:3:14: error: unknown stage 't_snk' in node 's' (did you mean 't_sink'?)"});
   }
   SECTION("unknown parameter with a did-you-mean") {
     CHECK(errors("data: {source: t_count}\nnodes:\n  a: {stage: t_map, apm: 1}\n  s: {stage: t_sink}\nedges: [a -> s]\n") ==
-          V{"g.yaml:3:22: error: unknown parameter 'apm' for stage 't_map' (did you mean 'amp'?)"});
+          V{"g.yaml:3:21: error: unknown parameter 'apm' for stage 't_map' (did you mean 'amp'?)"});
   }
   SECTION("ill-typed and out-of-range parameters, all reported") {
     CHECK(errors("data: {source: t_count, n: many}\nnodes:\n  a: {stage: t_map, amp: 11}\n  s: {stage: t_sink}\nedges: [a -> s]\n") ==
           V{"g.yaml:1:28: error: parameter 'n' of source 't_count' must be integer, got 'many'",
-            "g.yaml:3:27: error: parameter 'amp' of stage 't_map' is 11, out of range [0, 10]"});
+            "g.yaml:3:26: error: parameter 'amp' of stage 't_map' is 11, out of range [0, 10]"});
   }
   SECTION("missing required parameter") {
     Registry& r = Registry::global();
@@ -88,7 +88,7 @@ TEST_CASE("validation errors name file, line and column") {
   }
   SECTION("cycle") {
     CHECK(errors("data: {source: t_count}\nnodes:\n  a: {stage: t_map}\n  b: {stage: t_map}\n  s: {stage: t_sink}\nedges: [s, a -> b, b -> a]\n") ==
-          V{"g.yaml:6:19: error: cycle: 'a' -> 'b' leads back to 'a'"});
+          V{"g.yaml:6:17: error: cycle: 'a' -> 'b' leads back to 'a'"});
   }
   SECTION("disconnected node") {
     CHECK(errors("data: {source: t_count}\nnodes:\n  a: {stage: t_map}\n  lost: {stage: t_map}\n  s: {stage: t_sink}\nedges: [a -> s]\n") ==
@@ -131,7 +131,9 @@ TEST_CASE("--set overrides go through the same validation") {
         V{"--set nodes.a.apm=1: error: unknown parameter 'apm' for stage 't_map' (did you mean 'amp'?)"});
   CHECK(errors(base, {"nodes.a.amp=[1, 2]"}) ==
         V{"--set nodes.a.amp=[1, 2]: error: parameter 'amp' of stage 't_map' must be number, got a list"});
+  CHECK(errors(base, {"nodes.a.stage.x=1"}) ==
+        V{"--set nodes.a.stage.x=1: error: 'nodes.a.stage' is a scalar, not a map: cannot set a key inside it"});
   CHECK(errors(base, {"nodes.a.amp.x=1"}) ==
-        V{"--set nodes.a.amp.x=1: error: 'nodes.a.amp' is a scalar, not a map: cannot set a key inside it"});
+        V{"--set nodes.a.amp.x=1: error: parameter 'amp' of stage 't_map' must be number, got a map"});
   CHECK(errors(base, {"noequals"}) == V{"--set noequals: error: expected KEY.PATH=VALUE"});
 }

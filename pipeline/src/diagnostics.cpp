@@ -71,7 +71,8 @@ std::string did_you_mean(const std::string& word, const std::vector<std::string>
       best = c;
     }
   }
-  return best;
+  // A one-letter typo of a one-letter name is no evidence of anything.
+  return best_d < word.size() ? best : std::string();
 }
 
 }  // namespace pipeline

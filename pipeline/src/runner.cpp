@@ -316,7 +316,9 @@ class Run {
         if (entry->skipped(s.id)) throw SampleError(fmt::format("(cached) {}", entry->skip_reason(s.id)));
         s.features = entry->features(s.id, s.view);
       };
-      for (size_t i = static_cast<size_t>(memo) + 1; i < act.size(); ++i) p.nodes.push_back(pass_node(*act[i]));
+      // After an explicit cache node; an implicit memo sits just before the sink.
+      const size_t resume = static_cast<size_t>(memo) + (cache_node ? 1 : 0);
+      for (size_t i = resume; i < act.size(); ++i) p.nodes.push_back(pass_node(*act[i]));
       // A sample skipped at extraction stays skipped, whatever on_error says now.
       p.skip_bad = true;
     } else {
