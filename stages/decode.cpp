@@ -165,7 +165,7 @@ void register_decode(Registry& r) {
   s.kind = StageKind::map;
   s.concurrency = Concurrency::parallel;
   s.random = false;
-  s.consumes = Payload::any;  // bytes or image
+  s.consumes = Payload::bytes;  // encoded bytes, or raw pixels as an image (the validator accepts both)
   s.produces = Payload::image;
   ParamSpec size = param("size", ParamType::integer_list, "output [height, width], pixels",
                          std::vector<int64_t>{32, 32});

@@ -90,6 +90,14 @@ class DenseHead : public SinkStage {
 
   void consume(Batch& batch) override {
     if (batch.samples.empty()) return;
+    // The head is tiny, and OpenBLAS/ATen split its products differently at different
+    // thread counts (last-ulp differences in losses were measured here): one thread makes a
+    // seeded run's metrics identical whatever --threads says.
+    struct OneThread {
+      int prev = at::get_num_threads();
+      OneThread() { at::set_num_threads(1); }
+      ~OneThread() { at::set_num_threads(prev); }
+    } one_thread;
     if (!gen_.defined()) throw std::logic_error("dense_head: consume() before begin_run()");
     const Tensor features = batch.stack_features();
     const auto n = static_cast<int64_t>(batch.size());

@@ -92,13 +92,14 @@ void print_table(const RunResult& r) {
 }
 
 void print_profile(const RunResult& r) {
-  std::printf("\n%-16s %-12s %9s %9s %9s %11s\n", "node", "stage", "items", "busy s", "blocked s", "items/s");
+  std::printf("\n%-16s %-12s %9s %9s %11s %11s\n", "node", "stage", "items", "busy s", "queued s*", "items/s");
   // Re-read from the JSON the run saved, so the printout is what profile.json holds.
   YAML::Node prof = YAML::Load(r.profile.dump());
   for (const auto& n : prof)
-    std::printf("%-16s %-12s %9lld %9.2f %9.2f %11.1f\n", n["node"].as<std::string>().c_str(),
+    std::printf("%-16s %-12s %9lld %9.2f %11.2f %11.1f\n", n["node"].as<std::string>().c_str(),
                 n["stage"].as<std::string>().c_str(), n["items"].as<long long>(), n["busy_seconds"].as<double>(),
-                n["blocked_seconds"].as<double>(), n["items_per_s"].as<double>());
+                n["blocked_sample_seconds"].as<double>(), n["items_per_s"].as<double>());
+  std::printf("* summed over samples: time each waited after this node before the next one took it\n");
 }
 
 }  // namespace
@@ -206,7 +207,6 @@ int main(int argc, char** argv) {
       cfg.out_dir = out;
       cfg.progress = !no_progress && ::isatty(STDERR_FILENO);
       cfg.stop = &g_stop;
-      std::fprintf(stderr, "pipe: %s\n", torch_runtime_info().c_str());
       RunResult r = run_graph(*spec, cfg);
       print_table(r);
       print_profile(r);

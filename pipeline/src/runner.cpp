@@ -125,6 +125,7 @@ class Run {
     }
     const int64_t n_train = source_->size(Split::train), n_val = source_->size(Split::validation),
                   n_test = source_->size(Split::test);
+    if (!cfg_.quiet) std::fprintf(stderr, "pipe: %s\n", torch_runtime_info().c_str());
     if (!cfg_.quiet)
       std::fprintf(stderr, "pipe: %s: %lld train, %lld validation, %lld test samples; %d epochs; %d threads\n",
                    spec_.name.c_str(), static_cast<long long>(n_train), static_cast<long long>(n_val),
@@ -296,6 +297,12 @@ class Run {
     PassSpec p = base_pass(split, epoch);
     p.count = n;
     std::optional<FeatureCache::Writer> writer;
+    if (memo >= 0 && !entry) {
+      // Blocks while another process writes this entry; it may have finished it meanwhile.
+      writer.emplace(store->begin(fp, split_name(split), n, std::max(views, 1), description));
+      entry = store->open(fp, split_name(split));
+      if (entry) writer.reset();
+    }
     const std::string label = fmt::format("epoch {} {}", epoch, split_name(split));
     p.progress = [this, label](int64_t done, int64_t total) { progress_.update(label, done, total); };
     if (entry) {
@@ -325,7 +332,6 @@ class Run {
       describe_from_source(p, order, split, epoch);
       for (size_t i = 0; i < act.size(); ++i) {
         if (static_cast<int>(i) == memo) {
-          writer.emplace(store->begin(fp, split_name(split), n, std::max(views, 1), description));
           PassNode w;
           w.name = act[i]->spec->entry->schema.kind == StageKind::cache ? act[i]->spec->name : "(memo)";
           w.stage = "cache";
@@ -411,7 +417,8 @@ class Run {
       o.set("items", n->items.load());
       const double busy = static_cast<double>(n->busy_ns.load()) / 1e9;
       o.set("busy_seconds", busy);
-      o.set("blocked_seconds", static_cast<double>(n->blocked_ns.load()) / 1e9);
+      // Summed over samples (sample-seconds): with many samples in flight this exceeds wall time.
+      o.set("blocked_sample_seconds", static_cast<double>(n->blocked_ns.load()) / 1e9);
       o.set("waiting_seconds", static_cast<double>(n->wait_ns.load()) / 1e9);
       o.set("items_per_s", busy > 0 ? static_cast<double>(n->items.load()) / busy : 0.0);
       prof.push(std::move(o));

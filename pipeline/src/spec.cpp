@@ -632,7 +632,10 @@ GraphSpec parse_graph(const std::string& text, const std::string& file,
     YAML::Node d(YAML::NodeType::Map);
     d["source"] = g.source;
     const auto put_params = [](YAML::Node& m, const Params& p) {
-      for (const auto& [k, v] : p.values()) m[k] = YAML::Load(param_value_string(v));
+      for (const auto& [k, v] : p.values()) {
+        if (auto* str = std::get_if<std::string>(&v)) m[k] = *str;  // "" stays a string
+        else m[k] = YAML::Load(param_value_string(v));
+      }
     };
     put_params(d, g.source_params);
     r["data"] = d;
