@@ -49,6 +49,12 @@ std::string stages_text(const Registry& r) {
   return out;
 }
 
+// A literal '|' would end a Markdown table cell.
+static std::string cell(std::string s) {
+  for (size_t i = 0; (i = s.find('|', i)) != std::string::npos; i += 2) s.insert(i, "\\");
+  return s;
+}
+
 std::string stages_markdown(const Registry& r) {
   std::string out =
       "# Stage reference\n\n"
@@ -62,8 +68,8 @@ std::string stages_markdown(const Registry& r) {
       out += "| parameter | type | default | range | description |\n|---|---|---|---|---|\n";
       for (const ParamSpec& p : s.params) {
         std::string range = range_text(p);
-        out += fmt::format("| `{}` | {} | `{}` | {} | {} |\n", p.name, param_type_name(p.type), default_text(p),
-                           range.empty() ? "" : "`" + range + "`", p.doc);
+        out += fmt::format("| `{}` | {} | `{}` | {} | {} |\n", p.name, param_type_name(p.type), cell(default_text(p)),
+                           cell(range), cell(p.doc));
       }
       out += "\n";
     }
