@@ -21,6 +21,7 @@
 //
 // Example config:
 //   head: {stage: dense_head, hidden: 256, dropout: 0.5, optimizer: rmsprop, lr: 2.0e-5}
+#include <fstream>
 #include <memory>
 
 #include <fmt/format.h>
@@ -154,6 +155,31 @@ class DenseHead : public SinkStage {
   }
   void save(const std::string& dir) override {
     if (head_ && !dir.empty()) torch::save(head_, dir + "/head.pt");
+  }
+
+  bool can_resume() const override { return true; }
+  void save_state(const std::string& dir) const override {
+    std::ofstream(dir + "/meta.txt") << in_features_ << "\n";
+    torch::save(gen_.get_state(), dir + "/generator.pt");
+    if (!head_) return;
+    torch::save(head_, dir + "/head.pt");
+    torch::save(*optimizer_impl_, dir + "/optimizer.pt");
+    if (!best_.empty()) torch::save(best_, dir + "/best.pt");
+  }
+  void load_state(const std::string& dir) override {
+    int64_t in = 0;
+    std::ifstream meta(dir + "/meta.txt");
+    if (!(meta >> in)) throw std::runtime_error(fmt::format("dense_head '{}': no state in {}", node_, dir));
+    if (in > 0) {
+      build(in);  // draws init values from gen_; the saved generator state replaces it below
+      torch::load(head_, dir + "/head.pt");
+      torch::load(*optimizer_impl_, dir + "/optimizer.pt");
+      best_.clear();
+      if (std::ifstream(dir + "/best.pt").good()) torch::load(best_, dir + "/best.pt");
+    }
+    torch::Tensor state;
+    torch::load(state, dir + "/generator.pt");
+    gen_.set_state(state);
   }
 
  private:

@@ -115,7 +115,9 @@ int main(int argc, char** argv) {
   int threads = 0;
   bool no_progress = false;
   auto* run = app.add_subcommand("run", "Run a graph: train and evaluate, write a run directory");
-  run->add_option("graph", graph, "Graph YAML file")->required();
+  std::string resume;
+  run->add_option("graph", graph, "Graph YAML file");
+  run->add_option("--resume", resume, "Continue an interrupted run in DIR from its last completed epoch")->type_name("DIR");
   run->add_option("--set", common.sets, "Override a value, e.g. --set train.epochs=3 (repeatable)")->type_name("KEY=VALUE");
   run->add_option("--threads", threads, "Threads for TBB stages and LibTorch together (default: all cores)");
   run->add_option("--out", out, "Run directory (default: runs/<graph>-<time>)");
@@ -199,14 +201,35 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*run) {
+      std::string expect_hash;
+      if (!resume.empty()) {
+        if (!graph.empty() || !common.sets.empty()) {
+          std::fprintf(stderr, "pipe run --resume DIR takes no graph or --set: it reuses the interrupted run's\n");
+          return 2;
+        }
+        const ResumeInfo info = read_resume_info(resume);
+        graph = info.graph_file;
+        common.sets = info.overrides;
+        expect_hash = info.resolved_hash;
+      } else if (graph.empty()) {
+        std::fprintf(stderr, "pipe run: a graph file is required\n");
+        return 2;
+      }
       auto spec = load_valid(graph, common);
       if (!spec) return 2;
+      if (!expect_hash.empty() && resolved_hash(*spec) != expect_hash) {
+        std::fprintf(stderr, "pipe: error: %s changed since the run in %s started; resuming it would not give the "
+                     "results of an uninterrupted run\n", graph.c_str(), resume.c_str());
+        return 2;
+      }
       std::signal(SIGINT, on_sigint);
       RunConfig cfg;
       cfg.threads = threads;
       cfg.out_dir = out;
       cfg.progress = !no_progress && ::isatty(STDERR_FILENO);
       cfg.stop = &g_stop;
+      cfg.overrides = common.sets;
+      cfg.resume_dir = resume;
       RunResult r = run_graph(*spec, cfg);
       print_table(r);
       print_profile(r);

@@ -116,7 +116,7 @@ class Tail {
         } catch (const SampleError& e) {
           t.done();
           if (!pass_.skip_bad) throw NodeError(op.name, s.describe(), e.what());
-          skip({s.id, sample_name(s), e.what(), op.name});
+          skip({s.id, sample_name(s), e.what(), op.name, s.split});
           return;
         } catch (const NodeError&) {
           throw;
@@ -263,7 +263,7 @@ PassResult run_pass(const PassSpec& pass, Profile& profile) {
       } catch (const SampleError& e) {
         if (!pass.skip_bad) throw NodeError(name, m.sample->describe(), e.what());
         m.skipped = std::make_shared<SkippedSample>(
-            SkippedSample{m.sample->id, sample_name(*m.sample), e.what(), name});
+            SkippedSample{m.sample->id, sample_name(*m.sample), e.what(), name, m.sample->split});
       } catch (const NodeError&) {
         throw;
       } catch (const std::exception& e) {

@@ -52,6 +52,7 @@ struct SkippedSample {
   std::string sample;  // file path for files, else "<split>#<id>"
   std::string reason;
   std::string node;
+  Split split = Split::train;
 };
 
 // One step of a pass, in chain order.

@@ -96,7 +96,7 @@ class Run {
 
   RunResult go() {
     const double t0 = now_s();
-    res_.out_dir = out_dir();
+    res_.out_dir = cfg_.resume_dir.empty() ? out_dir() : cfg_.resume_dir;
     if (cfg_.write_outputs) fs::create_directories(res_.out_dir);
     threads_ = configure_threads(cfg_.threads);
     torch_manual_seed(spec_.train.seed);
@@ -117,11 +117,14 @@ class Run {
     info.threads = threads_;
     sink_->begin_run(info);
 
+    int first_epoch = 1;
+    if (!cfg_.resume_dir.empty()) first_epoch = resume() + 1;
     std::ofstream metrics;
     if (cfg_.write_outputs) {
-      std::ofstream(fs::path(res_.out_dir) / "graph.yaml") << "# resolved from " << spec_.file << "\n"
-                                                           << YAML::Dump(spec_.resolved) << "\n";
-      metrics.open(fs::path(res_.out_dir) / "metrics.jsonl");
+      if (cfg_.resume_dir.empty())
+        std::ofstream(fs::path(res_.out_dir) / "graph.yaml") << "# resolved from " << spec_.file << "\n"
+                                                             << YAML::Dump(spec_.resolved) << "\n";
+      metrics.open(fs::path(res_.out_dir) / "metrics.jsonl", cfg_.resume_dir.empty() ? std::ios::trunc : std::ios::app);
     }
     const int64_t n_train = source_->size(Split::train), n_val = source_->size(Split::validation),
                   n_test = source_->size(Split::test);
@@ -131,7 +134,7 @@ class Run {
                    spec_.name.c_str(), static_cast<long long>(n_train), static_cast<long long>(n_val),
                    static_cast<long long>(n_test), spec_.train.epochs, threads_);
 
-    for (int e = 1; e <= spec_.train.epochs && !res_.interrupted; ++e) {
+    for (int e = first_epoch; e <= spec_.train.epochs && !res_.interrupted; ++e) {
       EpochMetrics m;
       m.epoch = e;
       const double te = now_s();
@@ -155,6 +158,7 @@ class Run {
       line.set("seconds", m.seconds);
       line.set("images_per_s", m.images_per_s);
       if (metrics) metrics << line.dump() << "\n" << std::flush;
+      if (cfg_.write_outputs && sink_->can_resume()) checkpoint(e);
       if (!cfg_.quiet) {
         progress_.clear();
         std::fprintf(stderr, "epoch %3d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1fs  %.0f img/s\n", e,
@@ -173,6 +177,84 @@ class Run {
   }
 
  private:
+  // state.json + checkpoint/: everything `--resume` needs, replaced atomically per epoch.
+  void checkpoint(int epoch) {
+    const fs::path dir(res_.out_dir);
+    const fs::path tmp = dir / "checkpoint.tmp", final_dir = dir / "checkpoint", old = dir / "checkpoint.old";
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+    sink_->save_state(tmp.string());
+    Json st = Json::object();
+    st.set("graph_file", spec_.file);
+    Json ov = Json::array();
+    for (const std::string& o : cfg_.overrides) ov.push(o);
+    st.set("overrides", ov);
+    st.set("resolved_hash", resolved_hash(spec_));
+    st.set("epochs_completed", epoch);
+    Json eps = Json::array();
+    for (const EpochMetrics& m : res_.epochs) {
+      Json e = Json::object();
+      e.set("epoch", m.epoch);
+      e.set("train", Json(Json::Array{Json(m.train.loss), Json(m.train.accuracy), Json(m.train.count)}));
+      e.set("validation", Json(Json::Array{Json(m.validation.loss), Json(m.validation.accuracy), Json(m.validation.count)}));
+      e.set("seconds", m.seconds);
+      e.set("images_per_s", m.images_per_s);
+      eps.push(std::move(e));
+    }
+    st.set("epochs", eps);
+    st.set("best_val_acc", res_.best_val_acc);
+    st.set("best_epoch", res_.best_epoch);
+    st.set("cache_hits", res_.cache_hits);
+    st.set("cache_misses", res_.cache_misses);
+    st.set("extraction_seconds", res_.extraction_seconds);
+    Json sk = Json::array();
+    for (const SkippedSample& k : res_.skipped)
+      sk.push(Json(Json::Array{Json(k.id), Json(k.sample), Json(k.reason), Json(k.node), Json(static_cast<int>(k.split))}));
+    st.set("skipped", sk);
+    write_file_atomic((tmp / "state.json").string(), st.dump(1) + "\n");
+    // Swap in the new checkpoint: a crash between the renames leaves checkpoint.old, which
+    // resume() falls back to.
+    fs::remove_all(old);
+    if (fs::exists(final_dir)) fs::rename(final_dir, old);
+    fs::rename(tmp, final_dir);
+    fs::remove_all(old);
+  }
+
+  // Restores the state of the last completed epoch; returns its number.
+  int resume() {
+    fs::path dir = fs::path(res_.out_dir) / "checkpoint";
+    if (!fs::exists(dir / "state.json") && fs::exists(fs::path(res_.out_dir) / "checkpoint.old" / "state.json"))
+      dir = fs::path(res_.out_dir) / "checkpoint.old";
+    if (!sink_->can_resume())
+      throw std::runtime_error(fmt::format("sink '{}' ({}) cannot resume", nodes_.back().spec->name, nodes_.back().spec->stage));
+    const YAML::Node st = YAML::LoadFile((dir / "state.json").string());
+    for (const auto& e : st["epochs"]) {
+      EpochMetrics m;
+      m.epoch = e["epoch"].as<int>();
+      m.train = {e["train"][0].as<double>(), e["train"][1].as<double>(), e["train"][2].as<int64_t>()};
+      m.validation = {e["validation"][0].as<double>(), e["validation"][1].as<double>(), e["validation"][2].as<int64_t>()};
+      m.seconds = e["seconds"].as<double>();
+      m.images_per_s = e["images_per_s"].as<double>();
+      res_.epochs.push_back(m);
+    }
+    res_.best_val_acc = st["best_val_acc"].as<double>();
+    res_.best_epoch = st["best_epoch"].as<int>();
+    res_.cache_hits = st["cache_hits"].as<int64_t>();
+    res_.cache_misses = st["cache_misses"].as<int64_t>();
+    res_.extraction_seconds = st["extraction_seconds"].as<double>();
+    for (const auto& k : st["skipped"]) {
+      const auto split = static_cast<Split>(k[4].as<int>());
+      res_.skipped.push_back({k[0].as<int64_t>(), k[1].as<std::string>(), k[2].as<std::string>(), k[3].as<std::string>(), split});
+      skip_seen_.insert({static_cast<int>(split), k[0].as<int64_t>()});
+    }
+    sink_->load_state(dir.string());
+    // metrics.jsonl keeps exactly the completed epochs: a line of the interrupted epoch
+    // was never written, since lines are written only when an epoch completes.
+    const int done = st["epochs_completed"].as<int>();
+    if (!cfg_.quiet) std::fprintf(stderr, "pipe: resuming %s after epoch %d\n", res_.out_dir.c_str(), done);
+    return done;
+  }
+
   std::string out_dir() const {
     if (!cfg_.out_dir.empty()) return cfg_.out_dir;
     if (!spec_.output_dir.empty()) return spec_.output_dir;
@@ -482,6 +564,27 @@ class Run {
 }  // namespace
 
 RunResult run_graph(const GraphSpec& spec, const RunConfig& config) { return Run(spec, config).go(); }
+
+std::string resolved_hash(const GraphSpec& spec) {
+  YAML::Node r = YAML::Clone(spec.resolved);
+  r.remove("output");  // where the run writes does not change what it computes
+  return hash_hex(YAML::Dump(r));
+}
+
+ResumeInfo read_resume_info(const std::string& run_dir) {
+  fs::path st = fs::path(run_dir) / "checkpoint" / "state.json";
+  if (!fs::exists(st)) st = fs::path(run_dir) / "checkpoint.old" / "state.json";
+  if (!fs::exists(st))
+    throw std::runtime_error(fmt::format("{}: no checkpoint to resume from (a run checkpoints at the end of each "
+                                         "completed epoch)", run_dir));
+  const YAML::Node n = YAML::LoadFile(st.string());
+  ResumeInfo info;
+  info.graph_file = n["graph_file"].as<std::string>();
+  for (const auto& o : n["overrides"]) info.overrides.push_back(o.as<std::string>());
+  info.resolved_hash = n["resolved_hash"].as<std::string>();
+  info.epochs_completed = n["epochs_completed"].as<int>();
+  return info;
+}
 
 std::string graph_dot(const GraphSpec& spec) {
   int cut = -1;

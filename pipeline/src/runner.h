@@ -20,7 +20,22 @@ struct RunConfig {
   bool quiet = false;       // no per-epoch lines
   bool ordered = true;      // benchmarks only
   const std::atomic<bool>* stop = nullptr;
+  // Recorded in the run's state.json so that `pipe run --resume` can rebuild the same spec.
+  std::vector<std::string> overrides;
+  // Continue the interrupted run in this directory from its last completed epoch.
+  std::string resume_dir;
 };
+
+// What `pipe run --resume DIR` needs to rebuild the spec: the graph file and overrides the
+// interrupted run used, and a hash of its resolved graph (a changed graph is refused).
+struct ResumeInfo {
+  std::string graph_file;
+  std::vector<std::string> overrides;
+  std::string resolved_hash;
+  int epochs_completed = 0;
+};
+ResumeInfo read_resume_info(const std::string& run_dir);  // throws when DIR cannot resume
+std::string resolved_hash(const GraphSpec& spec);
 
 struct EpochMetrics {
   int epoch = 0;

@@ -99,6 +99,13 @@ class SinkStage : public Stage {
   virtual void restore_best() {}
   // Write final artifacts (e.g. head.pt) into the run directory.
   virtual void save(const std::string& /*dir*/) {}
+  // Everything needed to continue training exactly (weights, optimizer state, the best
+  // checkpoint, random generator state), written at each epoch end into an empty `dir`;
+  // `pipe run --resume` calls load_state after begin_run. Sinks that cannot resume keep
+  // these defaults, and resuming a run that uses them is refused.
+  virtual bool can_resume() const { return false; }
+  virtual void save_state(const std::string& /*dir*/) const {}
+  virtual void load_state(const std::string& /*dir*/) {}
 };
 
 struct StageContext {

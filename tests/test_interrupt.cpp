@@ -1,0 +1,126 @@
+// Ctrl-C on a real `pipe run` process: exit 130 with partial results marked interrupted,
+// then `pipe run --resume DIR` finishes with the metrics of an uninterrupted run.
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <yaml-cpp/yaml.h>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Child {
+  pid_t pid = -1;
+  int err = -1;  // read end of the child's stderr
+};
+
+Child spawn(const std::vector<std::string>& args, const std::string& cache) {
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::dup2(fds[1], STDERR_FILENO);
+    const int devnull = ::open("/dev/null", O_WRONLY);
+    ::dup2(devnull, STDOUT_FILENO);
+    ::close(fds[0]);
+    ::setenv("PIPE_CACHE_DIR", cache.c_str(), 1);
+    std::vector<char*> argv;
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  ::close(fds[1]);
+  return {pid, fds[0]};
+}
+
+// Reads the child's stderr until `pattern` shows up (or EOF); returns everything read.
+std::string read_until(int fd, const std::string& pattern) {
+  std::string out;
+  char buf[4096];
+  while (out.find(pattern) == std::string::npos) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+int finish(Child& c) {
+  read_until(c.err, "\x01never");  // drain to EOF so the child never blocks on a full pipe
+  ::close(c.err);
+  int status = 0;
+  ::waitpid(c.pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+std::string metrics_without_times(const fs::path& run) {
+  std::ifstream in(run / "metrics.jsonl");
+  std::string all, line;
+  while (std::getline(in, line)) all += std::regex_replace(line, std::regex(", \"seconds\".*"), "") + "\n";
+  return all;
+}
+
+}  // namespace
+
+TEST_CASE("SIGINT stops a run with exit 130 and --resume continues it to identical metrics") {
+  const fs::path tmp = fs::temp_directory_path() / fmt::format("pipe-interrupt-{}", ::getpid());
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  const std::string pipe_bin = std::string(PIPE_BINARY_DIR) + "/pipe";
+  const std::string graph = std::string(PIPE_SOURCE_DIR) + "/graphs/cached.yaml";
+  const std::vector<std::string> base = {pipe_bin, "run", graph, "--set", "data.per_class=[150, 50, 50]",
+                                         "--set", "train.epochs=40", "--no-progress", "--out"};
+  const std::string cache = (tmp / "cache").string();
+
+  auto args = base;
+  args.push_back((tmp / "whole").string());
+  Child whole = spawn(args, cache);
+  REQUIRE(finish(whole) == 0);
+
+  args = base;
+  args.push_back((tmp / "cut").string());
+  Child cut = spawn(args, cache);
+  const std::string seen = read_until(cut.err, "epoch   3/40");
+  REQUIRE(seen.find("epoch   3/40") != std::string::npos);
+  ::kill(cut.pid, SIGINT);
+  CHECK(finish(cut) == 130);
+  const YAML::Node s = YAML::LoadFile((tmp / "cut" / "summary.json").string());
+  CHECK(s["status"].as<std::string>() == "interrupted");
+  const int done = s["epochs_completed"].as<int>();
+  CHECK(done >= 3);
+  CHECK(done < 40);
+  CHECK(metrics_without_times(tmp / "cut") != metrics_without_times(tmp / "whole"));
+
+  Child resumed = spawn({pipe_bin, "run", "--resume", (tmp / "cut").string(), "--no-progress"}, cache);
+  REQUIRE(finish(resumed) == 0);
+  CHECK(metrics_without_times(tmp / "cut") == metrics_without_times(tmp / "whole"));
+  const YAML::Node a = YAML::LoadFile((tmp / "whole" / "summary.json").string());
+  const YAML::Node b = YAML::LoadFile((tmp / "cut" / "summary.json").string());
+  for (const char* k : {"val_acc", "best_val_acc", "best_epoch", "test_acc", "test_loss", "train_loss"})
+    CHECK(a[k].as<std::string>() == b[k].as<std::string>());
+  CHECK(b["status"].as<std::string>() == "completed");
+
+  {  // a graph that changed since the interrupted run started is refused
+    const fs::path st = tmp / "cut" / "checkpoint" / "state.json";
+    std::stringstream ss;
+    ss << std::ifstream(st).rdbuf();
+    std::string text = std::regex_replace(ss.str(), std::regex("\"resolved_hash\": \"[0-9a-f]+\""),
+                                          "\"resolved_hash\": \"0000\"");
+    std::ofstream(st) << text;
+    Child refused = spawn({pipe_bin, "run", "--resume", (tmp / "cut").string(), "--no-progress"}, cache);
+    CHECK(finish(refused) == 2);
+  }
+  fs::remove_all(tmp);
+}
