@@ -119,7 +119,7 @@ TEST_CASE("validation errors name file, line and column") {
   }
 }
 
-TEST_CASE("--set overrides go through the same validation") {
+TEST_CASE("overrides given with --set go through the same validation") {
   const std::string base = "data: {source: t_count}\nnodes:\n  a: {stage: t_map}\n  s: {stage: t_sink}\nedges: [a -> s]\n";
   test::register_test_stages();
   Diagnostics diag("g.yaml");
