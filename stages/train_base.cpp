@@ -79,9 +79,7 @@ class TrainBase : public SinkStage {
 
   void begin_epoch(Split split, int) override {
     training_ = split == Split::train;
-    loss_sum_ = 0;
-    correct_ = 0;
-    count_ = 0;
+    sums_.reset();
   }
 
   void consume(Batch& batch) override {
@@ -114,20 +112,10 @@ class TrainBase : public SinkStage {
     }
     torch::NoGradGuard no_grad;
     const auto n = static_cast<int64_t>(batch.size());
-    loss_sum_ += loss.item<double>() * static_cast<double>(n);
-    correct_ += logits.argmax(1).eq(y).sum().item<int64_t>();
-    count_ += n;
+    sums_.add(loss.item<double>(), logits.argmax(1).eq(y).sum().item<int64_t>(), n);
   }
 
-  SplitMetrics end_epoch() override {
-    SplitMetrics m;
-    m.count = count_;
-    if (count_ > 0) {
-      m.loss = loss_sum_ / static_cast<double>(count_);
-      m.accuracy = static_cast<double>(correct_) / static_cast<double>(count_);
-    }
-    return m;
-  }
+  SplitMetrics end_epoch() override { return sums_.metrics(); }
 
   void mark_best(int) override {
     if (optimizer_) best_ = torchu::snapshot(*net_);
@@ -176,8 +164,7 @@ class TrainBase : public SinkStage {
   std::vector<torch::Tensor> best_;
 
   bool training_ = false;
-  double loss_sum_ = 0;
-  int64_t correct_ = 0, count_ = 0;
+  MetricSum sums_;
 };
 
 }  // namespace

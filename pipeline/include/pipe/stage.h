@@ -87,6 +87,27 @@ struct SplitMetrics {
   int64_t count = 0;
 };
 
+// Sample-weighted running loss and accuracy over one pass, for sinks.
+class MetricSum {
+ public:
+  void reset() { *this = MetricSum(); }
+  // `mean_loss` of a batch of `n` samples, `correct` of them classified right.
+  void add(double mean_loss, int64_t correct, int64_t n) {
+    loss_sum_ += mean_loss * static_cast<double>(n);
+    correct_ += correct;
+    count_ += n;
+  }
+  SplitMetrics metrics() const {
+    if (count_ == 0) return {};
+    const double n = static_cast<double>(count_);
+    return {loss_sum_ / n, static_cast<double>(correct_) / n, count_};
+  }
+
+ private:
+  double loss_sum_ = 0;
+  int64_t correct_ = 0, count_ = 0;
+};
+
 class SinkStage : public Stage {
  public:
   virtual void begin_run(const RunInfo&) {}
