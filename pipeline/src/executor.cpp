@@ -63,10 +63,10 @@ std::vector<const NodeProfile*> Profile::nodes() const {
   return out;
 }
 
-NodeError::NodeError(std::string node_, std::string sample_, const std::string& what)
+NodeError::NodeError(std::string node_, std::string sample_, const std::string& what, const std::string& context)
     : std::runtime_error(sample_.empty()
-                             ? fmt::format("node '{}': {}", node_, what)
-                             : fmt::format("node '{}' failed on sample {}: {}", node_, sample_, what)),
+                             ? fmt::format("node '{}'{}: {}", node_, context, what)
+                             : fmt::format("node '{}'{} failed on sample {}: {}", node_, context, sample_, what)),
       node(std::move(node_)),
       sample(std::move(sample_)),
       reason(what) {}
@@ -115,13 +115,13 @@ class Tail {
           static_cast<MapStage*>(op.impl)->process(s, rng);
         } catch (const SampleError& e) {
           t.done();
-          if (!pass_.skip_bad) throw NodeError(op.name, s.describe(), e.what());
+          if (!pass_.skip_bad) throw NodeError(op.name, s.describe(), e.what(), op.context);
           skip({s.id, sample_name(s), e.what(), op.name, s.split});
           return;
         } catch (const NodeError&) {
           throw;
         } catch (const std::exception& e) {
-          throw NodeError(op.name, s.describe(), e.what());
+          throw NodeError(op.name, s.describe(), e.what(), op.context);
         }
         t.done();
         push_at(i + 1, std::move(s));
@@ -174,7 +174,7 @@ class Tail {
     } catch (const NodeError&) {
       throw;
     } catch (const std::exception& e) {
-      throw NodeError(op.name, range(), e.what());
+      throw NodeError(op.name, range(), e.what(), op.context);
     }
     t.done(static_cast<int64_t>(n));
     if (op.kind == StageKind::sink) {
@@ -183,7 +183,7 @@ class Tail {
     }
     if (b.samples.size() != n)
       throw NodeError(op.name, range(),
-                      fmt::format("stage returned {} samples for a batch of {}", b.samples.size(), n));
+                      fmt::format("stage returned {} samples for a batch of {}", b.samples.size(), n), op.context);
     for (Sample& s : b.samples) push_at(i + 1, std::move(s));
   }
 
@@ -250,8 +250,8 @@ PassResult run_pass(const PassSpec& pass, Profile& profile) {
 
   // Wraps a per-sample step: profile, error policy, skip propagation.
   const auto step = [&](const std::string& name, NodeProfile& prof,
-                        std::function<void(Sample&)> body) {
-    return [&pass, &prof, name, body = std::move(body)](Msg m) -> Msg {
+                        std::function<void(Sample&)> body, const std::string& context = "") {
+    return [&pass, &prof, name, context, body = std::move(body)](Msg m) -> Msg {
       if (m.skipped) {
         if (m.from) m.from->blocked_ns += now_ns() - m.t_out;
         m.from = nullptr;
@@ -261,13 +261,13 @@ PassResult run_pass(const PassSpec& pass, Profile& profile) {
       try {
         body(*m.sample);
       } catch (const SampleError& e) {
-        if (!pass.skip_bad) throw NodeError(name, m.sample->describe(), e.what());
+        if (!pass.skip_bad) throw NodeError(name, m.sample->describe(), e.what(), context);
         m.skipped = std::make_shared<SkippedSample>(
             SkippedSample{m.sample->id, sample_name(*m.sample), e.what(), name, m.sample->split});
       } catch (const NodeError&) {
         throw;
       } catch (const std::exception& e) {
-        throw NodeError(name, m.sample->describe(), e.what());
+        throw NodeError(name, m.sample->describe(), e.what(), context);
       }
       m.from = &prof;
       m.t_out = t.done();
@@ -294,7 +294,7 @@ PassResult run_pass(const PassSpec& pass, Profile& profile) {
         g, conc, step(n.name, prof, [stage, seed, name](Sample& s) {
           Rng rng = Rng::for_sample(seed, name, s.epoch, s.id, s.view);
           stage->process(s, rng);
-        })));
+        }, n.context)));
   }
 
   Tail tail(pass, tail_ops, tail_profs, [&] {

@@ -43,7 +43,8 @@ class Profile {
 // A node error: which node, which sample, what went wrong. Its what() says all three.
 class NodeError : public std::runtime_error {
  public:
-  NodeError(std::string node, std::string sample, const std::string& what);
+  // `context` follows the node's name in the message, e.g. " (stage 'cutout' from plugin P)".
+  NodeError(std::string node, std::string sample, const std::string& what, const std::string& context = "");
   std::string node, sample, reason;
 };
 
@@ -63,6 +64,8 @@ struct PassNode {
   Stage* impl = nullptr;     // MapStage / BatchStage / SinkStage; null for cache ops
   bool random = false;
   Concurrency concurrency = Concurrency::parallel;
+  // Names the stage and its plugin in error messages ("" for built-in stages).
+  std::string context;
   // Cache writer: called in order with every sample that reaches it (nullptr: not a writer).
   std::function<void(const Sample&)> write;
 };

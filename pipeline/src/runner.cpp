@@ -337,6 +337,8 @@ class Run {
     p.impl = n.impl.get();
     p.random = n.spec->entry->schema.random;
     p.concurrency = n.spec->entry->schema.concurrency;
+    if (n.spec->entry->origin != "built-in")
+      p.context = fmt::format(" (stage '{}' from {})", n.spec->stage, n.spec->entry->origin);
     return p;
   }
 
