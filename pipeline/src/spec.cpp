@@ -416,7 +416,11 @@ GraphSpec parse_graph(const std::string& text, const std::string& file,
   std::map<std::string, EdgeRef> first_ref;
   const YAML::Node edges = doc["edges"];
   std::vector<YAML::Node> chains;
-  if (!edges) {
+  bool edges_ok = true;
+  // With no usable node map, every edge would be "unknown": one error is enough.
+  if (nodes && !nodes.IsMap()) {
+    edges_ok = false;
+  } else if (!edges) {
     if (declared.size() > 1) diag.error(doc, "missing 'edges' (e.g. edges: [decode -> head])");
   } else if (edges.IsScalar()) chains.push_back(edges);
   else if (edges.IsSequence()) {
@@ -424,8 +428,10 @@ GraphSpec parse_graph(const std::string& text, const std::string& file,
       if (c.IsScalar()) chains.push_back(c);
       else diag.error(c, "edges", fmt::format("an edge chain must be a string like 'a -> b', got {}", yaml_kind(c)));
     }
-  } else diag.error(edges, "edges", fmt::format("'edges' must be a list of chains like 'a -> b', got {}", yaml_kind(edges)));
-  bool edges_ok = true;
+  } else {
+    diag.error(edges, "edges", fmt::format("'edges' must be a list of chains like 'a -> b', got {}", yaml_kind(edges)));
+    edges_ok = false;
+  }
   for (const YAML::Node& c : chains) {
     std::vector<EdgeRef> refs = split_chain(c);
     for (const EdgeRef& r : refs) {
@@ -577,7 +583,7 @@ GraphSpec parse_graph(const std::string& text, const std::string& file,
       ts.name = "train";
       ts.param({"epochs", ParamType::integer, "", ParamValue{int64_t{10}}, 1, 100000, {}, -1});
       ts.param({"batch", ParamType::integer, "", ParamValue{int64_t{20}}, 1, 1 << 20, {}, -1});
-      ts.param({"seed", ParamType::integer, "", ParamValue{int64_t{1}}, 0, 9.2e18, {}, -1});
+      ts.param({"seed", ParamType::integer, "", ParamValue{int64_t{1}}, 0, std::nullopt, {}, -1});
       ts.param({"in_flight", ParamType::integer, "", ParamValue{int64_t{256}}, 1, 1 << 24, {}, -1});
       Diagnostics local(diag.file());
       local.set_overrides(overrides);
