@@ -101,6 +101,21 @@ class Decode : public MapStage {
   }
 
  private:
+  // libjpeg decodes a truncated file with a warning and grey rows, and OpenCV returns that
+  // as a valid image. Entropy-coded data stuffs every 0xFF as FF 00, so FF D9 after the last
+  // start-of-scan (FF DA) can only be the end-of-image marker; data appended after it (some
+  // cameras do) is fine.
+  static bool truncated_jpeg(const std::vector<uint8_t>& b) {
+    if (b.size() < 4 || b[0] != 0xFF || b[1] != 0xD8) return false;
+    size_t last_sos = 0;
+    for (size_t i = 2; i + 1 < b.size(); ++i)
+      if (b[i] == 0xFF && b[i + 1] == 0xDA) last_sos = i;
+    if (last_sos == 0) return true;  // no scan at all
+    for (size_t i = last_sos + 2; i + 1 < b.size(); ++i)
+      if (b[i] == 0xFF && b[i + 1] == 0xD9) return false;
+    return true;
+  }
+
   void check_pixels(uint64_t pixels) const {
     if (pixels > max_pixels_)
       throw SampleError(fmt::format("image has {} pixels, more than max_pixels = {}", pixels,
@@ -110,6 +125,8 @@ class Decode : public MapStage {
   cv::Mat decode_bytes(const std::vector<uint8_t>& bytes) const {
     if (bytes.empty()) throw SampleError("cannot decode image (empty file)");
     check_pixels(header_pixels(bytes));
+    if (truncated_jpeg(bytes))
+      throw SampleError("cannot decode image (truncated JPEG: no end-of-image marker after the last scan)");
     const cv::Mat raw(1, static_cast<int>(bytes.size()), CV_8UC1,
                       const_cast<uint8_t*>(bytes.data()));
     cv::Mat bgr;

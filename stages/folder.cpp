@@ -50,7 +50,9 @@ std::vector<fs::path> list(const fs::path& dir, bool dirs) {
   if (!fs::is_directory(dir, ec)) return out;
   for (const fs::directory_entry& e : fs::directory_iterator(dir)) {
     if (hidden(e.path())) continue;
-    if (dirs ? e.is_directory() : (e.is_regular_file() && is_image(e.path())))
+    // A symlink whose target is gone is still listed: loading it then fails as a per-sample
+    // error with its reason, rather than the image vanishing from the data set unreported.
+    if (dirs ? e.is_directory() : ((e.is_regular_file() || e.is_symlink()) && is_image(e.path())))
       out.push_back(e.path());
   }
   std::sort(out.begin(), out.end());
@@ -78,10 +80,16 @@ class Folder : public Source {
       for (size_t k = 0; k < classes_.size(); ++k)
         for (const fs::path& f : list(root_ / split_name(s) / classes_[k], false))
           files.push_back({f.string(), static_cast<int>(k)});
-      for (const File& f : files)  // in listing order, before the shuffle
+      for (const File& f : files) {  // in listing order, before the shuffle
+        // A broken symlink has no size or time: it enters the identity as such and fails
+        // later, when loaded, as a per-sample error.
+        std::error_code size_ec, time_ec;
+        const auto size = fs::file_size(f.path, size_ec);
+        const auto time = fs::last_write_time(f.path, time_ec);
         listing += fmt::format("{}:{}:{};", fs::relative(f.path, root_).string(),
-                               fs::file_size(f.path),
-                               fs::last_write_time(f.path).time_since_epoch().count());
+                               size_ec ? std::string("?") : std::to_string(size),
+                               time_ec ? std::string("?") : std::to_string(time.time_since_epoch().count()));
+      }
       Rng rng(seed, hash64("folder"), static_cast<uint64_t>(s), 0, 0);
       for (size_t i = files.size(); i > 1; --i)
         std::swap(files[i - 1], files[static_cast<size_t>(rng.below(static_cast<int64_t>(i)))]);
