@@ -15,55 +15,15 @@
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
+#include "process.h"
+
 namespace fs = std::filesystem;
+using pipeline::test::Child;
+using pipeline::test::finish;
+using pipeline::test::read_until;
+using pipeline::test::spawn;
 
 namespace {
-
-struct Child {
-  pid_t pid = -1;
-  int err = -1;  // read end of the child's stderr
-};
-
-Child spawn(const std::vector<std::string>& args, const std::string& cache) {
-  int fds[2];
-  REQUIRE(::pipe(fds) == 0);
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    ::dup2(fds[1], STDERR_FILENO);
-    const int devnull = ::open("/dev/null", O_WRONLY);
-    ::dup2(devnull, STDOUT_FILENO);
-    ::close(fds[0]);
-    ::setenv("PIPE_CACHE_DIR", cache.c_str(), 1);
-    std::vector<char*> argv;
-    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  ::close(fds[1]);
-  return {pid, fds[0]};
-}
-
-// Reads the child's stderr until `pattern` shows up (or EOF); returns everything read.
-std::string read_until(int fd, const std::string& pattern) {
-  std::string out;
-  char buf[4096];
-  while (out.find(pattern) == std::string::npos) {
-    const ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n <= 0) break;
-    out.append(buf, static_cast<size_t>(n));
-  }
-  return out;
-}
-
-int finish(Child& c) {
-  read_until(c.err, "\x01never");  // drain to EOF so the child never blocks on a full pipe
-  ::close(c.err);
-  int status = 0;
-  ::waitpid(c.pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
 
 std::string metrics_without_times(const fs::path& run) {
   std::ifstream in(run / "metrics.jsonl");

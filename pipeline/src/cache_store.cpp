@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -573,6 +574,17 @@ std::optional<FeatureCache::Writer> FeatureCache::start(const std::string& finge
   make_dirs(w->dir);
   w->lock_fd = acquire_lock(w->dir + "/" + split + ".lock", wait);
   if (w->lock_fd < 0) return std::nullopt;
+  // Every writer of this entry holds the lock we now hold, so any temp file of it that exists
+  // was left by a writer that died (SIGKILL, power loss): remove it.
+  {
+    std::error_code ec;
+    const std::string prefix = split + ".";
+    for (const auto& e : std::filesystem::directory_iterator(w->dir, ec)) {
+      const std::string name = e.path().filename().string();
+      if (name.rfind(prefix, 0) == 0 && name.find(".tmp") != std::string::npos)
+        std::filesystem::remove(e.path(), ec);
+    }
+  }
   w->fingerprint = fingerprint;
   w->split = split;
   w->description = description;
