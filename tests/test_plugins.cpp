@@ -46,6 +46,10 @@ TEST_CASE("mismatched plugins are refused with the file and both versions") {
   const std::string host = host_build_fingerprint();
   CHECK_THROWS_WITH(load_plugin(plugin("bad_abi"), Registry::global()),
                     "plugin " + plugin("bad_abi") + ": plugin ABI version 999 does not match pipe's 1");
+  CHECK_THROWS_WITH(load_plugin(plugin("newer_api"), Registry::global()),
+                    "plugin " + plugin("newer_api") +
+                        ": built against pipe API 0.2, this pipe provides 0.1 (a plugin loads when the major "
+                        "versions match and its minor is not newer)");
   CHECK_THROWS_WITH(load_plugin(plugin("bad_fingerprint"), Registry::global()),
                     "plugin " + plugin("bad_fingerprint") +
                         ": build fingerprint mismatch: plugin 'gcc-12;cxx11abi=1;torch=2.1;opencv=4.6.0;tbb=2021.8', "
@@ -59,4 +63,5 @@ TEST_CASE("mismatched plugins are refused with the file and both versions") {
   CHECK_THROWS_WITH(load_plugin("/nonexistent/x.so", Registry::global()), "plugin /nonexistent/x.so: file not found");
   CHECK(Registry::global().find("t_scale_abi") == nullptr);
   CHECK(Registry::global().find("t_scale_fp") == nullptr);
+  CHECK(Registry::global().find("t_scale_api") == nullptr);
 }

@@ -33,6 +33,14 @@ extern "C" __attribute__((visibility("default"))) const pipe_plugin_descriptor* 
                                            "bad_abi", "1.0", PIPE_BUILD_FINGERPRINT, register_stages};
   return &d;
 }
+#elif defined(PIPE_TEST_NEWER_API)
+// Built against a newer minor API than this host provides.
+extern "C" __attribute__((visibility("default"))) const pipe_plugin_descriptor* pipe_plugin_entry() {
+  static const pipe_plugin_descriptor d = {sizeof(pipe_plugin_descriptor), PIPE_PLUGIN_ABI_VERSION, PIPE_API_MAJOR,
+                                           PIPE_API_MINOR + 1, "newer_api", "1.0", PIPE_BUILD_FINGERPRINT,
+                                           register_stages};
+  return &d;
+}
 #elif defined(PIPE_TEST_BAD_FINGERPRINT)
 extern "C" __attribute__((visibility("default"))) const pipe_plugin_descriptor* pipe_plugin_entry() {
   static const pipe_plugin_descriptor d = {sizeof(pipe_plugin_descriptor), PIPE_PLUGIN_ABI_VERSION, PIPE_API_MAJOR,
