@@ -13,6 +13,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include "bench.h"
 #include "cache_store.h"
 #include "plugin_loader.h"
 #include "runner.h"
@@ -150,6 +151,13 @@ int main(int argc, char** argv) {
   cache_rm->add_flag("--all", all, "Remove every entry");
   cache_rm->add_option("--dir", cache_dir, "Cache directory");
 
+  BenchOptions bench_opts;
+  auto* bench = app.add_subcommand("bench", "Benchmarks, each against its bound in the same run; writes bench.json");
+  bench->add_flag("--smoke", bench_opts.smoke, "A few batches per figure: proves the benchmarks still work");
+  bench->add_option("--out", bench_opts.out, "Output JSON (default bench.json)");
+  bench->add_option("--threads", bench_opts.threads, "Threads (default: all cores)");
+  bench->add_option("--data-dir", bench_opts.data_dir, "Keep generated images here (default: a temp dir)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -158,6 +166,7 @@ int main(int argc, char** argv) {
   }
 
   try {
+    if (*bench) return run_bench(bench_opts);
     if (*validate) {
       auto spec = load_valid(graph, common);
       if (!spec) return 2;

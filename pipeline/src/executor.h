@@ -90,6 +90,10 @@ struct PassSpec {
   int in_flight = 256;
   bool skip_bad = false;                          // on_error: skip
   bool ordered = true;                            // false only for benchmarks of the cost of order
+  // The load is a memory read (a cache hit): with no parallel stage before the tail there
+  // is nothing to overlap, so the pass runs inline on the calling thread (same order, same
+  // results, no per-sample thread hand-offs).
+  bool cheap_load = false;
   const std::atomic<bool>* stop = nullptr;        // set by SIGINT: stop feeding
   std::function<void(int64_t done, int64_t total)> progress;  // from the serial tail
   // Test instrumentation: called with the number of samples in flight after each admission.

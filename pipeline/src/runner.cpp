@@ -393,6 +393,7 @@ class Run {
       // The cut: nodes upstream of the memo do not run at all.
       res_.cache_hits += n;
       p.load_name = "(cache read)";
+      p.cheap_load = true;
       p.describe = [this, &order, split, epoch, views, &entry, cache_node](int64_t seq) {
         Sample s;
         s.id = order[static_cast<size_t>(seq)];
