@@ -196,7 +196,7 @@ TEST_CASE("odd but valid images decode to the right shape and orientation") {
   CHECK(s.image.at<cv::Vec3b>(35, 10)[0] < 50);
 }
 
-TEST_CASE("on_error: fail stops the run naming the file; the CLI exits 1") {
+TEST_CASE("on_error: fail stops the run naming the file, and the CLI exits 1") {
   Tree tree;
   const fs::path cache = tree.root.string() + "-cache";
   setenv("PIPE_CACHE_DIR", cache.c_str(), 1);

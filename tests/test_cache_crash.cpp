@@ -52,7 +52,7 @@ void check_entries_sound(const fs::path& cache) {
 
 }  // namespace
 
-TEST_CASE("the cache survives SIGKILL, corruption and concurrent runs; results never change") {
+TEST_CASE("the cache survives SIGKILL, corruption and concurrent runs, and results never change") {
   const fs::path tmp = fs::temp_directory_path() / fmt::format("pipe-cache-crash-{}", ::getpid());
   fs::remove_all(tmp);
   fs::create_directories(tmp);

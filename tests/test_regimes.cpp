@@ -122,7 +122,7 @@ TEST_CASE("cached regime: the second run reads every split from the cache and ru
   }
 }
 
-TEST_CASE("augmented regime: identical metrics at 1 and 2 threads; evaluation features memoized") {
+TEST_CASE("augmented regime: identical metrics at 1 and 2 threads, evaluation features memoized") {
   TempDir cache("cache-b");
   setenv("PIPE_CACHE_DIR", cache.path.c_str(), 1);
   const RunResult one = run("augmented.yaml", {}, 1);
