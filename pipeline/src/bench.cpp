@@ -1,5 +1,8 @@
 #include "bench.h"
 
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -133,6 +136,28 @@ double bare_conv(const fs::path& tree, int px, const std::string& convbase_yaml,
     best = std::min(best, now_s() - t0);
   }
   return static_cast<double>(decoded.size()) / best;
+}
+
+// Peak RSS (KiB) of a child `pipe run` of `graph` on a folder tree.
+long child_peak_rss_kib(const fs::path& graph, const fs::path& out, const fs::path& cache, int threads) {
+  const pid_t pid = ::fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    ::setenv("PIPE_CACHE_DIR", cache.c_str(), 1);
+    const int devnull = ::open("/dev/null", O_WRONLY);
+    ::dup2(devnull, STDOUT_FILENO);
+    ::dup2(devnull, STDERR_FILENO);
+    const std::string t = std::to_string(threads);
+    ::execl("/proc/self/exe", "pipe", "run", graph.c_str(), "--no-progress", "--threads", t.c_str(), "--out",
+            out.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  int status = 0;
+  struct rusage ru {};
+  ::wait4(pid, &status, 0, &ru);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    throw std::runtime_error(fmt::format("bench: pipe run {} failed", graph.string()));
+  return ru.ru_maxrss;
 }
 
 }  // namespace
@@ -333,6 +358,44 @@ int run_bench(const BenchOptions& o) {
     f.bound = ips[0];
     f.target = 1.8;
     figs.push_back(f);
+  }
+
+  // 5. Memory: peak RSS of whole runs on N and 10 N images (child processes).
+  {
+    // N above train.in_flight (256), so that the small run already fills the pipeline.
+    const int small_n = o.smoke ? 32 : 500;
+    const std::string weights_path = weights;
+    const auto graph_for = [&](const fs::path& tree, bool augmented, const std::string& tag) {
+      const fs::path g = root / fmt::format("mem-{}.yaml", tag);
+      std::ofstream(g) << fmt::format(R"(data: {{source: folder, path: "{}"}}
+nodes:
+  decode: {{stage: decode, size: [32, 32]}}
+{}  features: {{stage: convbase, model: "builtin:small_vgg", weights: "{}", batch: 64}}
+{}  head: {{stage: dense_head}}
+edges: [{}]
+train: {{epochs: 2, batch: 20}}
+)", tree.string(), augmented ? "  augment: {stage: augment, rotation: 40, horizontal_flip: true}\n" : "", weights_path,
+                                      augmented ? "" : "  memo: {stage: cache}\n",
+                                      augmented ? "decode -> augment -> features -> head" : "decode -> features -> memo -> head");
+      return g;
+    };
+    for (bool augmented : {true, false}) {
+      long rss[2] = {0, 0};
+      for (int k = 0; k < 2; ++k) {
+        const int count = k == 0 ? small_n : 10 * small_n;
+        const fs::path tree = make_tree(root, count, 28);
+        const std::string tag = fmt::format("{}{}", augmented ? "b" : "a", count);
+        rss[k] = child_peak_rss_kib(graph_for(tree, augmented, tag), root / ("run-" + tag), root / ("cache-" + tag), threads);
+      }
+      Figure f;
+      f.name = fmt::format("peak RSS, regime {} on 10x the images", augmented ? "B" : "A");
+      f.unit = "KiB";
+      f.value = static_cast<double>(rss[1]);
+      f.bound = static_cast<double>(rss[0]);
+      f.target = 1.10;
+      f.higher_is_better = false;
+      figs.push_back(f);
+    }
   }
 
   Json all = Json::array();
