@@ -11,6 +11,7 @@
 //
 // Example config:
 //   cut: {stage: cutout, size: 8, p: 0.5, fill: 0}
+#include <algorithm>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -27,16 +28,19 @@ class Cutout : public MapStage {
   explicit Cutout(const Params& p)
       : size_(static_cast<int>(p.integer("size"))), p_(p.number("p")), fill_(p.number("fill")) {}
 
+  // Called concurrently on different samples (Concurrency::parallel): it only reads members.
   void process(Sample& s, Rng& rng) override {
-    // Always draw all three values, in this order, so the stream is used the same way
-    // whether or not this sample is erased.
-    const bool erase = rng.bernoulli(p_);
-    const int cy = static_cast<int>(rng.below(s.image.rows));
-    const int cx = static_cast<int>(rng.below(s.image.cols));
     if (s.image.empty()) throw SampleError("cutout: the sample has no image (put cutout after decode)");
+    // A configuration error, not bad data: it fails the run (see docs/plugins.md, Errors).
     if (size_ > std::min(s.image.rows, s.image.cols))
       throw std::runtime_error("cutout size " + std::to_string(size_) + " exceeds the " +
                                std::to_string(s.image.rows) + "x" + std::to_string(s.image.cols) + " image");
+    // Every value comes from `rng`, this sample's own stream for this node, epoch and view.
+    // Always draw all three, in this order, so the stream is used the same way whether or
+    // not this sample is erased.
+    const bool erase = rng.bernoulli(p_);
+    const int cy = static_cast<int>(rng.below(s.image.rows));
+    const int cx = static_cast<int>(rng.below(s.image.cols));
     if (!erase) return;
     const int y0 = std::max(0, cy - size_ / 2), x0 = std::max(0, cx - size_ / 2);
     const int y1 = std::min(s.image.rows, cy - size_ / 2 + size_), x1 = std::min(s.image.cols, cx - size_ / 2 + size_);
