@@ -157,6 +157,7 @@ int main(int argc, char** argv) {
   bench->add_option("--out", bench_opts.out, "Output JSON (default bench.json)");
   bench->add_option("--threads", bench_opts.threads, "Threads (default: all cores)");
   bench->add_option("--data-dir", bench_opts.data_dir, "Keep generated images here (default: a temp dir)");
+  bench->add_option("--only", bench_opts.only, "Run only the figures whose name contains NAME (case-insensitive)")->type_name("NAME");
 
   try {
     app.parse(argc, argv);

@@ -5,6 +5,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -160,23 +162,69 @@ long child_peak_rss_kib(const fs::path& graph, const fs::path& out, const fs::pa
   return ru.ru_maxrss;
 }
 
+// Every figure's name, in table order ({threads} is the thread count of the run).
+const std::vector<std::string> kFigureNames = {
+    "extraction small_vgg 32px",
+    "extraction vgg16 64px",
+    "cached head epoch",
+    "augmented epoch small_vgg 32px",
+    "determinism cost (ordered / unordered epoch time)",
+    "decode+augment 28px scaling 1 -> {threads} threads",
+    "decode+augment 150px scaling 1 -> {threads} threads",
+    "peak RSS, regime B on 10x the images",
+    "peak RSS, regime A on 10x the images",
+};
+
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// Removes the generated data when the bench made its own temp dir, also on an exception.
+struct TempDir {
+  fs::path path;
+  bool own = false;
+  ~TempDir() {
+    std::error_code ec;
+    if (own) fs::remove_all(path, ec);
+  }
+};
+
 }  // namespace
 
 int run_bench(const BenchOptions& o) {
+  const auto want = [&](const std::string& name) {
+    return o.only.empty() || lower(name).find(lower(o.only)) != std::string::npos;
+  };
+  if (std::none_of(kFigureNames.begin(), kFigureNames.end(), want)) {
+    std::fprintf(stderr, "pipe bench: --only '%s' matches no figure; the figures are:\n", o.only.c_str());
+    for (const std::string& n : kFigureNames) std::fprintf(stderr, "  %s\n", n.c_str());
+    return 2;
+  }
   const int threads = configure_threads(o.threads);
-  const bool own_dir = o.data_dir.empty();
-  const fs::path root = own_dir ? fs::temp_directory_path() / fmt::format("pipe-bench-{}", ::getpid()) : fs::path(o.data_dir);
+  const auto name_of = [&](size_t k) {
+    std::string n = kFigureNames[k];
+    const size_t at = n.find("{threads}");
+    if (at != std::string::npos) n.replace(at, 9, std::to_string(threads));
+    return n;
+  };
+  TempDir tmp;
+  tmp.own = o.data_dir.empty();
+  tmp.path = tmp.own ? fs::temp_directory_path() / fmt::format("pipe-bench-{}", ::getpid()) : fs::path(o.data_dir);
+  const fs::path root = tmp.path;
   fs::create_directories(root);
   // The machine is shared: every side of every ratio is the best of `reps` measurements.
   const int reps = o.smoke ? 1 : 3;
   const int n = o.smoke ? 64 : 1024;
-  const int n_vgg = o.smoke ? 16 : 192;
+  const int n_vgg = o.smoke ? 16 : 256;
   std::vector<Figure> figs;
   const std::string weights = std::string(PIPE_SOURCE_DIR) + "/models/small_vgg_fmnist.pt";
   const std::string small = fmt::format("{{stage: convbase, model: \"builtin:small_vgg\", weights: \"{}\", batch: 64}}", weights);
   const std::string vgg = "{stage: convbase, model: \"builtin:vgg16\", batch: 16}";
-  std::fprintf(stderr, "pipe bench: %s; %s; threads %d%s\n", machine().c_str(), torch_runtime_info().c_str(), threads,
-               o.smoke ? "; smoke run" : "");
+  std::printf("pipe bench%s\nmachine: %s\nruntime: %s\nthreads: %d (TBB workers and LibTorch intra-op)\n\n",
+              o.smoke ? " --smoke (a few batches per figure; ratios not meaningful)" : "", machine().c_str(),
+              torch_runtime_info().c_str(), threads);
+  std::fflush(stdout);
 
   // 1. Extraction: JPEG folder -> decode -> convbase -> cache writer, vs the bare conv base.
   const auto extraction = [&](const std::string& label, int count, int px, const std::string& conv, int batch) {
@@ -206,18 +254,18 @@ int run_bench(const BenchOptions& o) {
       store.remove(fp);
     }
     Figure f;
-    f.name = "extraction " + label;
+    f.name = label;
     f.unit = "images/s";
     f.value = best;
     f.bound = bare_conv(tree, px, conv, batch, reps);
     f.target = 0.90;
     figs.push_back(f);
   };
-  extraction("small_vgg 32px", n, 32, small, 64);
-  extraction("vgg16 64px", n_vgg, 64, vgg, 16);
+  if (want(name_of(0))) extraction(name_of(0), n, 32, small, 64);
+  if (want(name_of(1))) extraction(name_of(1), n_vgg, 64, vgg, 16);
 
   // 2. Cached head epoch: reading features from the cache through the executor vs a bare loop.
-  {
+  if (want(name_of(2))) {
     const int64_t count = o.smoke ? 200 : 2000;
     FeatureCache store((root / "cache").string());
     const std::string fp = fmt::format("benchhead{}", ::getpid());
@@ -284,7 +332,7 @@ int run_bench(const BenchOptions& o) {
     };
     run_head(false);  // warm-up: first-touch of pages and BLAS buffers
     Figure f;
-    f.name = "cached head epoch";
+    f.name = name_of(2);
     f.unit = "s";
     f.value = 1e30;
     f.bound = 1e30;
@@ -299,7 +347,7 @@ int run_bench(const BenchOptions& o) {
   }
 
   // 3 and 6. Augmented epoch vs the bare conv base; the cost of ordering.
-  {
+  if (want(name_of(3)) || want(name_of(4))) {
     const fs::path tree = make_tree(root, n, 28);
     const std::vector<std::pair<std::string, std::string>> chain = {
         {"decode", "{stage: decode, size: [32, 32]}"},
@@ -317,25 +365,29 @@ int run_bench(const BenchOptions& o) {
       t_unordered = std::min(t_unordered, b.seconds);
       consumed = a.consumed;
     }
-    Figure f;
-    f.name = "augmented epoch small_vgg 32px";
-    f.unit = "images/s";
-    f.value = static_cast<double>(consumed) / t_ordered;
-    f.bound = bare_conv(tree, 32, small, 64, reps);
-    f.target = 0.85;
-    figs.push_back(f);
+    if (want(name_of(3))) {
+      Figure f;
+      f.name = name_of(3);
+      f.unit = "images/s";
+      f.value = static_cast<double>(consumed) / t_ordered;
+      f.bound = bare_conv(tree, 32, small, 64, reps);
+      f.target = 0.85;
+      figs.push_back(f);
+    }
     Figure d;
-    d.name = "determinism cost (ordered / unordered epoch time)";
+    d.name = name_of(4);
     d.unit = "s";
     d.value = t_ordered;
     d.bound = t_unordered;
     d.target = 1.05;
     d.higher_is_better = false;
-    figs.push_back(d);
+    if (want(d.name)) figs.push_back(d);
   }
 
   // 4. Decode + augment alone: scaling from 1 to all threads.
   for (int px : {28, 150}) {
+    const std::string fig_name = name_of(px == 28 ? 5 : 6);
+    if (!want(fig_name)) continue;
     const fs::path tree = make_tree(root, o.smoke ? 64 : (px == 28 ? 2000 : 400), px);
     Chain c(tree, {{"decode", fmt::format("{{stage: decode, size: [{}, {}]}}", px, px)},
                    {"augment", "{stage: augment, rotation: 40, width_shift: 0.2, height_shift: 0.2, shear: 0.2, zoom: 0.2, horizontal_flip: true}"}});
@@ -352,7 +404,7 @@ int run_bench(const BenchOptions& o) {
     }
     configure_threads(threads);
     Figure f;
-    f.name = fmt::format("decode+augment {}px scaling 1 -> {} threads", px, threads);
+    f.name = fig_name;
     f.unit = "images/s";
     f.value = ips[1];
     f.bound = ips[0];
@@ -380,6 +432,8 @@ train: {{epochs: 2, batch: 20}}
       return g;
     };
     for (bool augmented : {true, false}) {
+      const std::string fig_name = name_of(augmented ? 7 : 8);
+      if (!want(fig_name)) continue;
       long rss[2] = {0, 0};
       for (int k = 0; k < 2; ++k) {
         const int count = k == 0 ? small_n : 10 * small_n;
@@ -388,7 +442,7 @@ train: {{epochs: 2, batch: 20}}
         rss[k] = child_peak_rss_kib(graph_for(tree, augmented, tag), root / ("run-" + tag), root / ("cache-" + tag), threads);
       }
       Figure f;
-      f.name = fmt::format("peak RSS, regime {} on 10x the images", augmented ? "B" : "A");
+      f.name = fig_name;
       f.unit = "KiB";
       f.value = static_cast<double>(rss[1]);
       f.bound = static_cast<double>(rss[0]);
@@ -409,7 +463,8 @@ train: {{epochs: 2, batch: 20}}
     j.set("value", f.value);
     j.set("bound", f.bound);
     j.set("ratio", f.ratio);
-    j.set("target", std::string(f.higher_is_better ? ">= " : "<= ") + fmt::format("{}", f.target));
+    j.set("target", f.target);
+    j.set("target_op", std::string(f.higher_is_better ? ">=" : "<="));  // met = ratio <op> target
     j.set("met", f.met());
     j.set("unit", f.unit);
     all.push(std::move(j));
@@ -419,10 +474,10 @@ train: {{epochs: 2, batch: 20}}
   doc.set("runtime", torch_runtime_info());
   doc.set("threads", threads);
   doc.set("smoke", o.smoke);
+  if (!o.only.empty()) doc.set("only", o.only);
   doc.set("figures", all);
   write_file_atomic(o.out, doc.dump(2) + "\n");
   std::printf("wrote %s\n", o.out.c_str());
-  if (own_dir) fs::remove_all(root);
   for (const Figure& f : figs)
     if (!(f.value > 0 && f.bound > 0)) return 1;
   return 0;
