@@ -322,17 +322,6 @@ void pwrite_all(int fd, const void* data, std::size_t size, off_t offset, const 
   }
 }
 
-struct Mapping {
-  void* addr = nullptr;
-  std::size_t size = 0;
-  Mapping(void* a, std::size_t s) : addr(a), size(s) {}
-  Mapping(const Mapping&) = delete;
-  Mapping& operator=(const Mapping&) = delete;
-  ~Mapping() {
-    if (addr && addr != MAP_FAILED) ::munmap(addr, size);
-  }
-};
-
 std::atomic<uint64_t> g_temp_seq{0};
 
 int64_t product(const std::vector<int64_t>& v) {
@@ -613,6 +602,42 @@ std::optional<FeatureCache::Writer> FeatureCache::try_begin(const std::string& f
 // ---------------------------------------------------------------------------------------
 // Reader
 
+// Pages of a file mapping that the process has touched count in its RSS until unmapped, so
+// reading a cache through a plain mapping would make a run's RSS grow with the cache size,
+// not with what it uses. The mapping is read-only, shared and backed by a file that never
+// changes while mapped (writers rename a new file into place), so dropping resident pages
+// with MADV_DONTNEED loses nothing: a later access faults the same bytes back in from the
+// page cache. Readers keep their views valid across a drop; only the RSS accounting changes.
+struct FeatureCache::Entry::Mapping {
+  void* addr = nullptr;
+  std::size_t size = 0;
+  std::atomic<uint64_t> served{0};
+  Mapping(void* a, std::size_t s) : addr(a), size(s) {}
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  ~Mapping() {
+    if (addr && addr != MAP_FAILED) ::munmap(addr, size);
+  }
+  void drop(std::size_t offset, std::size_t length) const {
+    const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    const std::size_t begin = offset / page * page;
+    const std::size_t end = std::min(size, offset + length);
+    if (end > begin)
+      ::madvise(static_cast<char*>(addr) + begin, end - begin, MADV_DONTNEED);
+  }
+  // Called for every row handed out: after each kDropWindow bytes, drops the whole mapping,
+  // so at most about that much of it stays resident however large the file is. A fault on
+  // a file mapping maps the cached pages around it too (the kernel's fault-around, 64 KiB by
+  // default), so a row read in random order can make far more than its own size resident:
+  // each read is charged that much.
+  void note_read(std::size_t bytes) {
+    constexpr std::size_t kFaultAround = std::size_t{64} << 10;
+    bytes += kFaultAround;
+    const uint64_t before = served.fetch_add(bytes, std::memory_order_relaxed);
+    if ((before + bytes) / kDropWindow != before / kDropWindow) drop(0, size);
+  }
+};
+
 namespace {
 
 struct Corrupt : std::runtime_error {
@@ -695,11 +720,21 @@ std::shared_ptr<const FeatureCache::Entry> FeatureCache::open(const std::string&
     ::close(fd);
     if (addr == MAP_FAILED)
       throw Corrupt(npy, fmt::format("cannot map: {}", std::strerror(map_errno)));
-    auto mapping = std::make_shared<Mapping>(addr, bytes);
+    auto mapping = std::make_shared<Entry::Mapping>(addr, bytes);
     const auto* base = static_cast<const unsigned char*>(addr);
     if (std::memcmp(base, header.data(), header.size()) != 0)
       throw Corrupt(npy, "npy header does not match the manifest");
-    const std::string sum = Hasher().update(base, bytes).hex();
+    // Verified chunk by chunk, each dropped once hashed: checking a file must not leave all
+    // of it resident (see Mapping).
+    ::madvise(addr, bytes, MADV_SEQUENTIAL);
+    Hasher hasher;
+    for (uint64_t off = 0; off < bytes; off += Entry::kDropWindow) {
+      const auto len = static_cast<std::size_t>(std::min<uint64_t>(Entry::kDropWindow, bytes - off));
+      hasher.update(base + off, len);
+      mapping->drop(static_cast<std::size_t>(off), len);
+    }
+    ::madvise(addr, bytes, MADV_NORMAL);
+    const std::string sum = hasher.hex();
     if (sum != checksum)
       throw Corrupt(npy, fmt::format("checksum {} but manifest says {}", sum, checksum));
 
@@ -757,6 +792,7 @@ Tensor FeatureCache::Entry::features(int64_t id, int view) const {
   Tensor t;
   t.shape = feature_shape_;
   const float* row = rows_ + (id * views_ + view) * row_floats_;
+  mapping_->note_read(static_cast<std::size_t>(row_floats_) * sizeof(float));
   t.data = std::shared_ptr<const float>(mapping_, row);  // aliasing: keeps the mapping alive
   return t;
 }

@@ -157,7 +157,7 @@ class FeatureCache {
   std::string root_;
 };
 
-// A complete, verified entry, memory-mapped read-only. Thread-safe (immutable). Tensors
+// A complete, verified entry, memory-mapped read-only. Thread-safe. Tensors
 // returned by features() alias the mapping and keep it alive after the Entry is gone.
 class FeatureCache::Entry {
  public:
@@ -191,7 +191,10 @@ class FeatureCache::Entry {
   std::vector<int> labels_;
   std::vector<CacheSkip> skips_;
   std::vector<int32_t> skip_index_;  // per id: index into skips_, or -1
-  std::shared_ptr<const void> mapping_;  // owns the mmap
+  // At most about this many bytes of the mapping stay resident (see Mapping in the .cpp).
+  static constexpr std::size_t kDropWindow = std::size_t{8} << 20;
+  struct Mapping;
+  std::shared_ptr<Mapping> mapping_;  // owns the mmap
   const float* rows_ = nullptr;
 };
 
