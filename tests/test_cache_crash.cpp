@@ -255,6 +255,35 @@ TEST_CASE("a full disk fails the run naming the cache file and the reason and lo
     CHECK(s.misses == 240 + 80);  // validation and test; training was a hit
     CHECK(s.metrics == clean.metrics);
   }
+  {  // The run directory on a full disk: an error naming the file, not silent truncation or
+     // an abort from LibTorch's writer (the cache is complete now: nothing else is written).
+    const fs::path outdisk = tmp / "outdisk";
+    fs::create_directories(outdisk);
+    struct Case {
+      uint64_t bytes;
+      std::string file;
+    };
+    const std::vector<Case> cases = tmpfs ? std::vector<Case>{{4096, "metrics.jsonl"}, {65536, "checkpoint.tmp/head.pt"}}
+                                          : std::vector<Case>{{65536, "checkpoint.tmp/head.pt"}};
+    for (const Case& k : cases) {
+      INFO(k.file);
+      if (tmpfs) REQUIRE(::mount("tmpfs", outdisk.c_str(), "tmpfs", 0, fmt::format("size={}", k.bytes).c_str()) == 0);
+      Unmount u{tmpfs ? outdisk.string() : std::string()};
+      const rlim_t small = k.bytes;
+      Child c = spawn(args(outdisk / "run"), cache.string(), [&] {
+        if (tmpfs) return;
+        const rlimit rl{small, small};
+        ::setrlimit(RLIMIT_FSIZE, &rl);
+        ::signal(SIGXFSZ, SIG_IGN);
+      });
+      std::string err;
+      CHECK(finish(c, &err) == 1);
+      INFO(err);
+      CHECK_THAT(err, Catch::Contains(fmt::format("pipe: error: cannot write {}: {}", (outdisk / "run" / k.file).string(), reason)));
+      u.now();
+      fs::remove_all(outdisk / "run");
+    }
+  }
   unmount.now();
   fs::remove_all(tmp);
 }
