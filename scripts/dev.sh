@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config
   libtorch-dev libtbb-dev libopencv-dev libyaml-cpp-dev libfmt-dev catch2 libcli11-dev
-  libspdlog-dev zlib1g-dev libopenblas0-openmp dataset-fashion-mnist
+  libspdlog-dev zlib1g-dev libjpeg-dev libopenblas0-openmp dataset-fashion-mnist
 )
 
 install_missing() {

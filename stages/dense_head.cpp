@@ -142,17 +142,17 @@ class DenseHead : public SinkStage {
     if (head_ && !best_.empty()) torchu::restore(*head_, best_);
   }
   void save(const std::string& dir) override {
-    if (head_ && !dir.empty()) torch::save(head_, dir + "/head.pt");
+    if (head_ && !dir.empty()) torchu::save_file(head_, dir + "/head.pt");
   }
 
   bool can_resume() const override { return true; }
   void save_state(const std::string& dir) const override {
-    std::ofstream(dir + "/meta.txt") << in_features_ << "\n";
-    torch::save(gen_.get_state(), dir + "/generator.pt");
+    write_file(dir + "/meta.txt", std::to_string(in_features_) + "\n");
+    torchu::save_file(gen_.get_state(), dir + "/generator.pt");
     if (!head_) return;
-    torch::save(head_, dir + "/head.pt");
-    torch::save(*optimizer_impl_, dir + "/optimizer.pt");
-    if (!best_.empty()) torch::save(best_, dir + "/best.pt");
+    torchu::save_file(head_, dir + "/head.pt");
+    torchu::save_file(*optimizer_impl_, dir + "/optimizer.pt");
+    if (!best_.empty()) torchu::save_file(best_, dir + "/best.pt");
   }
   void load_state(const std::string& dir) override {
     int64_t in = 0;

@@ -129,8 +129,8 @@ class TrainBase : public SinkStage {
     net_->to(torch::kCPU);
     const std::filesystem::path out(out_);
     if (out.has_parent_path()) std::filesystem::create_directories(out.parent_path());
-    torch::save(net_->base, out_);
-    if (!dir.empty()) torch::save(net_->base, dir + "/base.pt");
+    torchu::save_file(net_->base, out_);
+    if (!dir.empty()) torchu::save_file(net_->base, dir + "/base.pt");
     net_->to(device_);
   }
 

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -20,7 +21,10 @@ struct Child {
   int err = -1;  // read end of the child's stderr
 };
 
-inline Child spawn(const std::vector<std::string>& args, const std::string& cache) {
+// `in_child` runs in the forked child just before exec (drop capabilities, set rlimits): only
+// async-signal-safe calls there, since the parent may have had other threads.
+inline Child spawn(const std::vector<std::string>& args, const std::string& cache,
+                   const std::function<void()>& in_child = {}) {
   int fds[2];
   REQUIRE(::pipe(fds) == 0);
   const pid_t pid = ::fork();
@@ -31,6 +35,7 @@ inline Child spawn(const std::vector<std::string>& args, const std::string& cach
     ::dup2(devnull, STDOUT_FILENO);
     ::close(fds[0]);
     ::setenv("PIPE_CACHE_DIR", cache.c_str(), 1);
+    if (in_child) in_child();
     std::vector<char*> argv;
     for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
@@ -54,13 +59,15 @@ inline std::string read_until(int fd, const std::string& pattern) {
 }
 
 // Drains stderr to EOF (so the child never blocks on a full pipe) and returns the exit code
-// (128 + signal when killed); `err_text` receives the rest of stderr.
-inline int finish(Child& c, std::string* err_text = nullptr) {
+// (128 + signal when killed); `err_text` receives the rest of stderr, `raw` the wait status
+// (to tell exit(130) from death by SIGINT).
+inline int finish(Child& c, std::string* err_text = nullptr, int* raw = nullptr) {
   const std::string rest = read_until(c.err, "");
   if (err_text) *err_text += rest;
   ::close(c.err);
   int status = 0;
   ::waitpid(c.pid, &status, 0);
+  if (raw) *raw = status;
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 

@@ -1,13 +1,22 @@
 // A folder tree that mixes good images with broken and odd ones: with on_error: skip the run
-// completes and lists every broken file with its reason while odd-but-valid images decode;
-// with on_error: fail the run stops naming the file, and the CLI exits 1.
+// completes and lists every broken file with its reason in summary.json while odd-but-valid
+// images decode; with on_error: fail the run stops naming the file, and the CLI exits 1.
 //
-// Not covered here, on purpose: an unreadable file (tests run as root, for whom permissions do
-// not block reads) and a CMYK JPEG (OpenCV cannot write one; libjpeg reads them as such).
+// The unreadable file (mode 000) is real even as root, who reads any file whatever its mode:
+// the `pipe run` child drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH before exec and checks
+// that the file is then unreadable. The CMYK JPEG is written with libjpeg (OpenCV cannot write
+// one), Adobe-style: inverted ink values and an APP14 marker, as Photoshop writes them.
 #include <catch2/catch.hpp>
 
+#include <jpeglib.h>
+#include <linux/capability.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+
+#include <array>
+#include <cstdio>
 
 #include <cstdlib>
 #include <filesystem>
@@ -17,13 +26,19 @@
 #include <fmt/format.h>
 #include <opencv2/imgcodecs.hpp>
 
+#include <yaml-cpp/yaml.h>
+
 #include "pipe/stage.h"
+#include "process.h"
 #include "runner.h"
 #include "spec.h"
 #include "testing.h"
 
 namespace fs = std::filesystem;
 using namespace pipeline;
+using pipeline::test::Child;
+using pipeline::test::finish;
+using pipeline::test::spawn;
 
 namespace {
 
@@ -60,6 +75,43 @@ std::vector<uint8_t> exif_jpeg(const cv::Mat& m, uint16_t orientation) {
   jpg.insert(jpg.begin() + 2, app1.begin(), app1.end());
   return jpg;
 }
+
+// An Adobe CMYK JPEG, `cols` wide: left half stored as `left`, right half as `right`
+// (c, m, y, k as stored: 255 - ink, the Adobe convention).
+std::vector<uint8_t> cmyk_jpeg(int rows, int cols, std::array<uint8_t, 4> left, std::array<uint8_t, 4> right) {
+  jpeg_compress_struct cinfo{};
+  jpeg_error_mgr jerr{};
+  cinfo.err = jpeg_std_error(&jerr);
+  jpeg_create_compress(&cinfo);
+  unsigned char* out = nullptr;
+  unsigned long size = 0;
+  jpeg_mem_dest(&cinfo, &out, &size);
+  cinfo.image_width = static_cast<JDIMENSION>(cols);
+  cinfo.image_height = static_cast<JDIMENSION>(rows);
+  cinfo.input_components = 4;
+  cinfo.in_color_space = JCS_CMYK;
+  jpeg_set_defaults(&cinfo);
+  jpeg_set_colorspace(&cinfo, JCS_CMYK);  // stored as CMYK (not YCCK); libjpeg adds the APP14 marker
+  jpeg_set_quality(&cinfo, 95, TRUE);
+  jpeg_start_compress(&cinfo, TRUE);
+  std::vector<uint8_t> row(static_cast<size_t>(cols) * 4);
+  for (int c = 0; c < cols; ++c)
+    for (int k = 0; k < 4; ++k) row[static_cast<size_t>(c * 4 + k)] = (c < cols / 2 ? left : right)[static_cast<size_t>(k)];
+  for (int r = 0; r < rows; ++r) {
+    JSAMPROW p = row.data();
+    jpeg_write_scanlines(&cinfo, &p, 1);
+  }
+  jpeg_finish_compress(&cinfo);
+  std::vector<uint8_t> bytes(out, out + size);
+  std::free(out);
+  jpeg_destroy_compress(&cinfo);
+  return bytes;
+}
+
+// The CMYK test picture: stored values and the RGB they stand for, R = (255 - C)(255 - K)/255
+// in ink terms, i.e. c * k / 255 in stored terms.
+constexpr std::array<uint8_t, 4> kCmykLeft{255, 128, 64, 200}, kCmykRight{51, 204, 255, 230};
+constexpr std::array<int, 3> kRgbLeft{200, 100, 50}, kRgbRight{46, 184, 230};
 
 struct Tree {
   fs::path root;
@@ -115,6 +167,13 @@ struct Tree {
     odd_file("rgba.png", encode(".png", pattern(30, 30, CV_8UC4, 1)));
     odd_file("gray.jpg", encode(".jpg", pattern(30, 30, CV_8UC1, 1)));
     odd_file("exif-rotated.jpg", exif_jpeg(pattern(20, 40, CV_8UC3, 1), 6));
+    odd_file("cmyk.jpg", cmyk_jpeg(16, 32, kCmykLeft, kCmykRight));
+    // Valid content: only the permission makes it bad (if the read got through, it would
+    // decode and the skip list would not match).
+    write(d / "unreadable.png", png);
+    ::chmod((d / "unreadable.png").c_str(), 0);
+    bad.insert("unreadable.png");
+    ++train_total;
     odd_file("with space \xC3\xBC\xE6\x97\xA5.png", encode(".png", pattern(25, 25, CV_8UC3, 1)));
   }
   ~Tree() { fs::remove_all(root); }
@@ -142,28 +201,84 @@ GraphSpec spec_of(const std::string& yaml) {
 
 }  // namespace
 
+namespace {
+
+// Root's reads ignore file modes: the child drops the capabilities that allow it from its
+// bounding set (so that exec does not grant them back) and from its own sets, then makes sure
+// the mode-000 file really cannot be opened (exit 125 otherwise). Async-signal-safe calls only.
+void drop_read_override(const char* unreadable) {
+  if (::geteuid() == 0) {
+    for (int cap : {CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH})
+      if (::prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) ::_exit(124);
+    __user_cap_header_struct h{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct d[2]{};
+    if (::syscall(SYS_capget, &h, d) != 0) ::_exit(124);
+    for (int cap : {CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH}) {
+      const uint32_t bit = 1u << (cap % 32);
+      d[cap / 32].effective &= ~bit;
+      d[cap / 32].permitted &= ~bit;
+      d[cap / 32].inheritable &= ~bit;
+    }
+    if (::syscall(SYS_capset, &h, d) != 0) ::_exit(124);
+  }
+  const int fd = ::open(unreadable, O_RDONLY);
+  if (fd >= 0) ::_exit(125);
+}
+
+}  // namespace
+
 TEST_CASE("bad images are skipped with reasons under on_error: skip, odd ones decode") {
   Tree tree;
   const fs::path cache = tree.root.string() + "-cache";
-  setenv("PIPE_CACHE_DIR", cache.c_str(), 1);
-  RunConfig cfg;
-  cfg.write_outputs = false;
-  cfg.quiet = true;
-  const RunResult r = run_graph(spec_of(tree.graph("skip")), cfg);
+  const std::string unreadable = (tree.root / "train" / "cats" / "unreadable.png").string();
+  {  // in process: exact reasons and the number of samples trained on
+    // As root this process reads the mode-000 file; the CLI run below is where it is unreadable.
+    std::set<std::string> expect = tree.bad;
+    if (::geteuid() == 0) expect.erase("unreadable.png");
+    setenv("PIPE_CACHE_DIR", cache.c_str(), 1);
+    RunConfig cfg;
+    cfg.write_outputs = false;
+    cfg.quiet = true;
+    const RunResult r = run_graph(spec_of(tree.graph("skip")), cfg);
 
-  std::map<std::string, std::string> skipped;
-  for (const SkippedSample& s : r.skipped) skipped[fs::path(s.sample).filename().string()] = s.reason;
-  std::set<std::string> names;
-  for (const auto& [n, _] : skipped) names.insert(n);
-  CHECK(names == tree.bad);
-  CHECK(r.summary.dump().find("\"skipped_count\": 7") != std::string::npos);
-  CHECK(r.epochs.at(0).train.count == tree.train_total - static_cast<int64_t>(tree.bad.size()));
-  CHECK(skipped["zero.jpg"] == "cannot decode image (empty file)");
-  CHECK(skipped["truncated.jpg"] == "cannot decode image (truncated JPEG: no end-of-image marker after the last scan)");
-  CHECK(skipped["truncated.png"] == "cannot decode image (not a supported format or truncated)");
-  CHECK(skipped["text.jpg"] == "cannot decode image (not a supported format or truncated)");
-  CHECK(skipped["huge.png"] == "image has 10000000000 pixels, more than max_pixels = 100000000");
-  CHECK_THAT(skipped["broken-link.png"], Catch::Contains("broken-link.png") && Catch::Contains("No such file or directory"));
+    std::map<std::string, std::string> skipped;
+    for (const SkippedSample& s : r.skipped) skipped[fs::path(s.sample).filename().string()] = s.reason;
+    std::set<std::string> names;
+    for (const auto& [n, _] : skipped) names.insert(n);
+    CHECK(names == expect);
+    CHECK(r.summary.dump().find(fmt::format("\"skipped_count\": {}", expect.size())) != std::string::npos);
+    CHECK(r.epochs.at(0).train.count == tree.train_total - static_cast<int64_t>(expect.size()));
+    CHECK(skipped["zero.jpg"] == "cannot decode image (empty file)");
+    CHECK(skipped["truncated.jpg"] == "cannot decode image (truncated JPEG: no end-of-image marker after the last scan)");
+    CHECK(skipped["truncated.png"] == "cannot decode image (not a supported format or truncated)");
+    CHECK(skipped["text.jpg"] == "cannot decode image (not a supported format or truncated)");
+    CHECK(skipped["huge.png"] == "image has 10000000000 pixels, more than max_pixels = 100000000");
+    CHECK_THAT(skipped["broken-link.png"], Catch::Contains("broken-link.png") && Catch::Contains("No such file or directory"));
+  }
+  {  // `pipe run` without the right to read the mode-000 file: summary.json lists every bad file
+    const fs::path g = tree.root.string() + "-graph.yaml";
+    std::ofstream(g) << tree.graph("skip");
+    const fs::path run = tree.root.string() + "-run";
+    Child c = spawn({std::string(PIPE_BINARY_DIR) + "/pipe", "run", g.string(), "--no-progress", "--out", run.string()},
+                    cache.string(), [&] { drop_read_override(unreadable.c_str()); });
+    std::string err;
+    const int rc = finish(c, &err);
+    INFO(err);
+    REQUIRE(rc != 124);  // could not drop the capabilities
+    REQUIRE(rc != 125);  // the mode-000 file was still readable: the case would test nothing
+    REQUIRE(rc == 0);
+    const YAML::Node s = YAML::LoadFile((run / "summary.json").string());
+    CHECK(s["skipped_count"].as<size_t>() == tree.bad.size());
+    std::map<std::string, std::string> skipped;
+    for (const YAML::Node& k : s["skipped"]) skipped[fs::path(k["sample"].as<std::string>()).filename().string()] = k["reason"].as<std::string>();
+    std::set<std::string> names;
+    for (const auto& [n, _] : skipped) names.insert(n);
+    CHECK(names == tree.bad);
+    CHECK(skipped["unreadable.png"] == fmt::format("cannot open {}: Permission denied", unreadable));
+    CHECK(skipped["huge.png"] == "image has 10000000000 pixels, more than max_pixels = 100000000");
+    fs::remove(g);
+    fs::remove_all(run);
+  }
   fs::remove_all(cache);
 }
 
@@ -194,6 +309,19 @@ TEST_CASE("odd but valid images decode to the right shape and orientation") {
   // Clockwise: the left half becomes the top half.
   CHECK(s.image.at<cv::Vec3b>(5, 10)[0] > 200);
   CHECK(s.image.at<cv::Vec3b>(35, 10)[0] < 50);
+
+  // CMYK: each half decodes to its RGB colour (JPEG at quality 95 on flat 8x8 blocks is
+  // within a few levels). Read as non-inverted CMYK, or with R and B swapped, it would not be.
+  auto cmyk = testing::make<MapStage>("{stage: decode, size: [16, 32], interpolation: nearest}");
+  Sample c;
+  c.bytes = std::make_shared<std::vector<uint8_t>>(cmyk_jpeg(16, 32, kCmykLeft, kCmykRight));
+  cmyk->process(c, rng);
+  REQUIRE(c.image.type() == CV_8UC3);
+  for (const auto& [col, rgb] : {std::pair{4, kRgbLeft}, std::pair{27, kRgbRight}})
+    for (int k = 0; k < 3; ++k) {
+      INFO("column " << col << " channel " << k);
+      CHECK(std::abs(int{c.image.at<cv::Vec3b>(8, col)[k]} - rgb[static_cast<size_t>(k)]) <= 6);
+    }
 }
 
 TEST_CASE("on_error: fail stops the run naming the file, and the CLI exits 1") {

@@ -1,8 +1,16 @@
-// The feature cache under crashes, corruption, concurrency and an unusable directory, with
-// real `pipe run` processes: nothing computed is lost or read torn, and results never change.
+// The feature cache under crashes, corruption, concurrency, an unusable directory and a full
+// disk, with real `pipe run` processes: nothing computed is lost or read torn, and results
+// never change.
 #include <catch2/catch.hpp>
 
+#include <sys/mount.h>
+#include <sys/resource.h>
+
+#include <cerrno>
 #include <chrono>
+#include <cstring>
+#include <functional>
+#include <set>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -142,5 +150,140 @@ TEST_CASE("the cache survives SIGKILL, corruption and concurrent runs, and resul
     CHECK(finish(c, &err) == 1);
     CHECK_THAT(err, Catch::Contains("pipe: error:") && Catch::Contains((tmp / "a-file").string()));
   }
+  fs::remove_all(tmp);
+}
+
+namespace {
+
+uint64_t pages(uint64_t bytes) { return (bytes + 4095) / 4096 * 4096; }
+
+uint64_t size_of(const fs::path& cache, const std::string& name) {
+  for (const auto& e : fs::recursive_directory_iterator(cache))
+    if (e.path().filename() == name) return fs::file_size(e.path());
+  FAIL("no " << name << " under " << cache);
+  return 0;
+}
+
+// Names of the files under `dir` other than lock files.
+std::set<std::string> files_under(const fs::path& dir) {
+  std::set<std::string> out;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file() && e.path().extension() != ".lock") out.insert(e.path().filename().string());
+  return out;
+}
+
+struct Unmount {
+  std::string dir;
+  void now() {
+    if (!dir.empty()) ::umount2(dir.c_str(), MNT_DETACH);
+    dir.clear();
+  }
+  ~Unmount() { now(); }
+};
+
+}  // namespace
+
+// A full disk under the cache: as root, a tmpfs just large enough for what should fit. Where
+// mount(2) is refused (no CAP_SYS_ADMIN; or PIPE_TEST_FULL_DISK=rlimit, to test this path),
+// RLIMIT_FSIZE with SIGXFSZ ignored stands in: writes past the limit fail with EFBIG. A limit
+// is per file, so there the manifest case (data fits, manifest does not) is not run.
+TEST_CASE("a full disk fails the run naming the cache file and the reason and loses nothing complete") {
+  const fs::path tmp = fs::temp_directory_path() / fmt::format("pipe-full-disk-{}", ::getpid());
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  // The validation split is twice the training split, so that a per-file limit can let the
+  // training split in and keep the validation split out.
+  const auto args = [&](const fs::path& out) {
+    return std::vector<std::string>{kPipe, "run", kGraph, "--set", "data.per_class=[60, 120, 40]", "--set",
+                                    "train.epochs=2", "--no-progress", "--out", out.string()};
+  };
+  Child ref = spawn(args(tmp / "ref"), (tmp / "cache-ref").string());
+  REQUIRE(finish(ref) == 0);
+  const Summary clean = summary(tmp / "ref");
+  const uint64_t train_npy = size_of(tmp / "cache-ref", "train.npy"), train_json = size_of(tmp / "cache-ref", "train.json"),
+                 val_npy = size_of(tmp / "cache-ref", "validation.npy");
+  REQUIRE(val_npy > train_npy + 8192);
+
+  const fs::path disk = tmp / "disk", cache = disk / "cache";
+  fs::create_directories(disk);
+  const char* mode = std::getenv("PIPE_TEST_FULL_DISK");
+  const bool forced = mode && std::string(mode) == "rlimit";
+  const bool tmpfs = !forced && ::mount("tmpfs", disk.c_str(), "tmpfs", 0,
+                                        fmt::format("size={}", pages(train_npy) + pages(train_json) + 4096).c_str()) == 0;
+  const std::string why = forced ? "PIPE_TEST_FULL_DISK=rlimit" : fmt::format("mount: {}", std::strerror(errno));
+  Unmount unmount{tmpfs ? disk.string() : std::string()};
+  const rlim_t limit = (train_npy + val_npy) / 2;
+  std::fprintf(stderr, "full disk: %s\n",
+               tmpfs ? "tmpfs" : fmt::format("RLIMIT_FSIZE of {} bytes ({})", limit, why).c_str());
+  const std::function<void()> full = [&] {
+    if (tmpfs) return;
+    const rlimit rl{limit, limit};
+    ::setrlimit(RLIMIT_FSIZE, &rl);
+    ::signal(SIGXFSZ, SIG_IGN);
+  };
+  const std::string reason = tmpfs ? "No space left on device" : "File too large";
+  const auto remount = [&](uint64_t bytes) {
+    REQUIRE(::mount("tmpfs", disk.c_str(), "tmpfs", MS_REMOUNT, fmt::format("size={}", bytes).c_str()) == 0);
+  };
+
+  {  // The training split fits, the validation split's data does not.
+    Child c = spawn(args(tmp / "a"), cache.string(), full);
+    std::string err;
+    CHECK(finish(c, &err) == 1);
+    INFO(err);
+    CHECK_THAT(err, Catch::Contains("pipe: error:") && Catch::Contains(cache.string()) &&
+                        Catch::Contains("validation.npy") && Catch::Contains(reason));
+    CHECK(files_under(cache) == std::set<std::string>{"train.npy", "train.json"});  // no temp, no half entry
+    check_entries_sound(cache);
+  }
+  if (tmpfs) {  // The validation data fits exactly, its manifest does not.
+    remount(pages(train_npy) + pages(train_json) + pages(val_npy));
+    Child c = spawn(args(tmp / "b"), cache.string());
+    std::string err;
+    CHECK(finish(c, &err) == 1);
+    INFO(err);
+    CHECK_THAT(err, Catch::Contains("pipe: error:") && Catch::Contains(cache.string()) &&
+                        Catch::Contains("validation.json") && Catch::Contains(reason));
+    CHECK(files_under(cache) == std::set<std::string>{"train.npy", "train.json"});
+    check_entries_sound(cache);
+  }
+  {  // Room again: what was complete is a hit, and the results are those of a clean run.
+    if (tmpfs) remount(64 << 20);
+    Child c = spawn(args(tmp / "c"), cache.string());
+    REQUIRE(finish(c) == 0);
+    const Summary s = summary(tmp / "c");
+    CHECK(s.misses == 240 + 80);  // validation and test; training was a hit
+    CHECK(s.metrics == clean.metrics);
+  }
+  {  // The run directory on a full disk: an error naming the file, not silent truncation or
+     // an abort from LibTorch's writer (the cache is complete now: nothing else is written).
+    const fs::path outdisk = tmp / "outdisk";
+    fs::create_directories(outdisk);
+    struct Case {
+      uint64_t bytes;
+      std::string file;
+    };
+    const std::vector<Case> cases = tmpfs ? std::vector<Case>{{4096, "metrics.jsonl"}, {65536, "checkpoint.tmp/head.pt"}}
+                                          : std::vector<Case>{{65536, "checkpoint.tmp/head.pt"}};
+    for (const Case& k : cases) {
+      INFO(k.file);
+      if (tmpfs) REQUIRE(::mount("tmpfs", outdisk.c_str(), "tmpfs", 0, fmt::format("size={}", k.bytes).c_str()) == 0);
+      Unmount u{tmpfs ? outdisk.string() : std::string()};
+      const rlim_t small = k.bytes;
+      Child c = spawn(args(outdisk / "run"), cache.string(), [&] {
+        if (tmpfs) return;
+        const rlimit rl{small, small};
+        ::setrlimit(RLIMIT_FSIZE, &rl);
+        ::signal(SIGXFSZ, SIG_IGN);
+      });
+      std::string err;
+      CHECK(finish(c, &err) == 1);
+      INFO(err);
+      CHECK_THAT(err, Catch::Contains(fmt::format("pipe: error: cannot write {}: {}", (outdisk / "run" / k.file).string(), reason)));
+      u.now();
+      fs::remove_all(outdisk / "run");
+    }
+  }
+  unmount.now();
   fs::remove_all(tmp);
 }

@@ -545,7 +545,14 @@ void FeatureCache::Writer::commit() {
   if (::unlink(w.manifest.c_str()) != 0 && errno != ENOENT) sys_fail("cannot replace", w.manifest);
   if (std::rename(w.tmp.c_str(), w.npy.c_str()) != 0) sys_fail("cannot rename into place", w.tmp);
   w.tmp.clear();
-  write_file_atomic(w.manifest, m.dump(1) + "\n");
+  try {
+    write_file_atomic(w.manifest, m.dump(1) + "\n");
+  } catch (...) {
+    // No manifest (a full disk): the data without it is no entry, only space that a full
+    // disk needs back. Any older entry was already hidden above.
+    ::unlink(w.npy.c_str());
+    throw;
+  }
   fsync_dir(w.dir);
   w.committed = true;
 }

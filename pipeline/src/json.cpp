@@ -122,4 +122,25 @@ void write_file_atomic(const std::string& path, const std::string& content) {
   }
 }
 
+void write_file(const std::string& path, const std::string& content) {
+  const auto fail = [&](int fd) {
+    const int e = errno;
+    if (fd >= 0) ::close(fd);
+    ::unlink(path.c_str());
+    throw std::runtime_error(fmt::format("cannot write {}: {}", path, std::strerror(e)));
+  };
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw std::runtime_error(fmt::format("cannot write {}: {}", path, std::strerror(errno)));
+  size_t done = 0;
+  while (done < content.size()) {
+    const ssize_t n = ::write(fd, content.data() + done, content.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail(fd);
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::close(fd) != 0) fail(-1);
+}
+
 }  // namespace pipeline

@@ -3,8 +3,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
@@ -122,8 +124,8 @@ class Run {
     std::ofstream metrics;
     if (cfg_.write_outputs) {
       if (cfg_.resume_dir.empty())
-        std::ofstream(fs::path(res_.out_dir) / "graph.yaml") << "# resolved from " << spec_.file << "\n"
-                                                             << YAML::Dump(spec_.resolved) << "\n";
+        write_file((fs::path(res_.out_dir) / "graph.yaml").string(),
+                   "# resolved from " + spec_.file + "\n" + YAML::Dump(spec_.resolved) + "\n");
       metrics.open(fs::path(res_.out_dir) / "metrics.jsonl", cfg_.resume_dir.empty() ? std::ios::trunc : std::ios::app);
     }
     const int64_t n_train = source_->size(Split::train), n_val = source_->size(Split::validation),
@@ -157,7 +159,11 @@ class Run {
       line.set("val_acc", n_val > 0 ? Json(m.validation.accuracy) : Json());
       line.set("seconds", m.seconds);
       line.set("images_per_s", m.images_per_s);
-      if (metrics) metrics << line.dump() << "\n" << std::flush;
+      if (cfg_.write_outputs && !(metrics << line.dump() << "\n" << std::flush)) {
+        const int e = errno;  // a stream hides it; the failed write(2) (a full disk) left it set
+        throw std::runtime_error(fmt::format("cannot write {}: {}", (fs::path(res_.out_dir) / "metrics.jsonl").string(),
+                                             std::strerror(e)));
+      }
       if (cfg_.write_outputs && sink_->can_resume()) checkpoint(e);
       if (!cfg_.quiet) {
         progress_.clear();

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -13,9 +14,20 @@
 #include "pipe/params.h"
 #include "pipe/stage.h"
 #include "pipe/tensor.h"
+#include "json.h"
 #include "torch_runtime.h"
 
 namespace pipeline::torchu {
+
+// torch::save(value) to `path`, serialized in memory first: LibTorch's file writer throws
+// from a destructor when a write fails (a full disk), which aborts the process with a stack
+// trace. This throws std::runtime_error naming the file and the OS reason instead.
+template <class T>
+void save_file(const T& value, const std::string& path) {
+  std::ostringstream out;
+  torch::save(value, out);
+  write_file(path, out.str());
+}
 
 // A ParamSpec in one call (stage schemas).
 ParamSpec param(std::string name, ParamType type, std::string doc,
