@@ -75,6 +75,14 @@ TEST_CASE("convbase: features of small_vgg", "[convbase]") {
   torch_set_threads(2);
   auto stage = testing::make<BatchStage>("{stage: convbase, model: 'builtin:small_vgg', batch: 4}");
   CHECK(stage->batch_size() == 4);
+  // Unset (0): chosen for the device the stage runs on.
+  CHECK(testing::make<BatchStage>("{stage: convbase, model: 'builtin:small_vgg', device: cpu}")
+            ->batch_size() == 64);
+  CHECK(testing::make<BatchStage>("{stage: convbase, model: 'builtin:small_vgg', batch: 0, device: cpu}")
+            ->batch_size() == 64);
+  if (torch_cuda_available())
+    CHECK(testing::make<BatchStage>("{stage: convbase, model: 'builtin:small_vgg', device: cuda}")
+              ->batch_size() == 256);
   CHECK(stage->fingerprint() == "builtin:small_vgg random-init:0");
 
   Batch four = batch_of({0, 1, 2, 3});
