@@ -93,11 +93,17 @@ void Json::dump_to(std::string& out, int indent, int depth) const {
   }
 }
 
-void write_file_atomic(const std::string& path, const std::string& content) {
-  const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0)
-    throw std::runtime_error(fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
+namespace {
+
+// Writes all of `content` to `path` (created or truncated), fsync'd when `sync`. On any
+// failure the file is removed and std::runtime_error names it and the OS reason.
+void write_checked(const std::string& path, const std::string& content, bool sync) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw std::runtime_error(fmt::format("cannot write {}: {}", path, std::strerror(errno)));
+  const auto fail = [&](int e) {
+    ::unlink(path.c_str());
+    throw std::runtime_error(fmt::format("cannot write {}: {}", path, std::strerror(e)));
+  };
   size_t done = 0;
   while (done < content.size()) {
     const ssize_t n = ::write(fd, content.data() + done, content.size() - done);
@@ -105,16 +111,23 @@ void write_file_atomic(const std::string& path, const std::string& content) {
       if (errno == EINTR) continue;
       const int e = errno;
       ::close(fd);
-      ::unlink(tmp.c_str());
-      throw std::runtime_error(fmt::format("cannot write {}: {}", tmp, std::strerror(e)));
+      fail(e);
     }
     done += static_cast<size_t>(n);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+  if (sync && ::fsync(fd) != 0) {
     const int e = errno;
-    ::unlink(tmp.c_str());
-    throw std::runtime_error(fmt::format("cannot write {}: {}", tmp, std::strerror(e)));
+    ::close(fd);
+    fail(e);
   }
+  if (::close(fd) != 0) fail(errno);
+}
+
+}  // namespace
+
+void write_file_atomic(const std::string& path, const std::string& content) {
+  const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
+  write_checked(tmp, content, /*sync=*/true);
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     const int e = errno;
     ::unlink(tmp.c_str());
@@ -123,24 +136,7 @@ void write_file_atomic(const std::string& path, const std::string& content) {
 }
 
 void write_file(const std::string& path, const std::string& content) {
-  const auto fail = [&](int fd) {
-    const int e = errno;
-    if (fd >= 0) ::close(fd);
-    ::unlink(path.c_str());
-    throw std::runtime_error(fmt::format("cannot write {}: {}", path, std::strerror(e)));
-  };
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw std::runtime_error(fmt::format("cannot write {}: {}", path, std::strerror(errno)));
-  size_t done = 0;
-  while (done < content.size()) {
-    const ssize_t n = ::write(fd, content.data() + done, content.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      fail(fd);
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (::close(fd) != 0) fail(-1);
+  write_checked(path, content, /*sync=*/false);
 }
 
 }  // namespace pipeline
