@@ -5,6 +5,7 @@
 // 3 = RGB, 4 = RGBA); produces `image`: a continuous CV_8UC3 RGB Mat of `size` [H, W].
 // Bytes are decoded with cv::imdecode(IMREAD_COLOR), which applies the EXIF orientation tag
 // (as OpenCV does by default: IMREAD_IGNORE_ORIENTATION is not set); 16-bit files become 8-bit.
+// Other formats are refused before decoding (see supported_format()).
 // Before decoding, the PNG, JPEG, BMP and WebP headers are read for their dimensions so that
 // an image declaring more than `max_pixels` is refused without decoding it; the decoded size
 // is checked again. `bytes` is released after decoding (the encoded file is no longer needed).
@@ -71,6 +72,20 @@ uint64_t header_pixels(const std::vector<uint8_t>& b) {
   return 0;
 }
 
+// imdecode tries every codec Debian's OpenCV links (DICOM via GDCM, OpenEXR, JPEG 2000,
+// HDR, TIFF, ...) on bytes whose format it does not recognise, and some of those abort the
+// process on crafted input (GDCM asserts on a "DICM" tag at offset 128: found by
+// fuzz_decode, tests/fuzz/regressions/decode/). Only the four documented formats, which
+// are the ones the folder source lists, reach imdecode.
+bool supported_format(const std::vector<uint8_t>& b) {
+  const size_t n = b.size();
+  const uint8_t* p = b.data();
+  if (n >= 8 && std::memcmp(p, "\x89PNG\r\n\x1a\n", 8) == 0) return true;
+  if (n >= 3 && p[0] == 0xFF && p[1] == 0xD8 && p[2] == 0xFF) return true;
+  if (n >= 2 && p[0] == 'B' && p[1] == 'M') return true;
+  return n >= 12 && std::memcmp(p, "RIFF", 4) == 0 && std::memcmp(p + 8, "WEBP", 4) == 0;
+}
+
 int interpolation_flag(const std::string& s) {
   if (s == "nearest") return cv::INTER_NEAREST;
   if (s == "area") return cv::INTER_AREA;
@@ -124,6 +139,8 @@ class Decode : public MapStage {
 
   cv::Mat decode_bytes(const std::vector<uint8_t>& bytes) const {
     if (bytes.empty()) throw SampleError("cannot decode image (empty file)");
+    if (!supported_format(bytes))
+      throw SampleError("cannot decode image (not a supported format or truncated)");
     check_pixels(header_pixels(bytes));
     if (truncated_jpeg(bytes))
       throw SampleError("cannot decode image (truncated JPEG: no end-of-image marker after the last scan)");
