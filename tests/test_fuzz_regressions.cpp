@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../tests/fuzz/targets.h"
+#include "stage_docs.h"
 
 namespace fs = std::filesystem;
 using namespace pipeline;
@@ -54,4 +55,13 @@ TEST_CASE("fuzz corpora and regression inputs: the graph loader and decode stay 
       CHECK_NOTHROW(fuzz::decode_one(Registry::global(), b.data(), b.size()));
     }
   }
+}
+
+TEST_CASE("the fuzz build's registry has every built-in stage with its real schema") {
+  // fuzz_graph validates against register_fuzz_stages (no LibTorch factories); the rendered
+  // reference covers names, kinds, payloads, every parameter with type, range and default.
+  Registry fuzz_registry;
+  fuzz::register_fuzz_stages(fuzz_registry);
+  CHECK(fuzz_registry.names() == Registry::global().names());
+  CHECK(stages_markdown(fuzz_registry) == stages_markdown(Registry::global()));
 }

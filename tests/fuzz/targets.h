@@ -25,7 +25,7 @@ void decode_one(const Registry& registry, const uint8_t* data, size_t size);
 
 // The registry the fuzz binaries validate against: every built-in stage's real schema;
 // the LibTorch stages' factories (never called by validation) throw. Defined in
-// fuzz_registry.cpp, which only the fuzz build compiles (the GCC build has the real one).
+// fuzz_stages.cpp.
 void register_fuzz_stages(Registry& r);
 
 }  // namespace pipeline::fuzz

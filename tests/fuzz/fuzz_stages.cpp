@@ -1,7 +1,9 @@
-// The fuzz build's stand-in for stages/builtin.cpp: the non-torch stages register through
+// The fuzz build's registry: the non-torch stages register through
 // their own register_* functions, the LibTorch ones with their real schemas
 // (stages/torch_schemas.cpp) and a factory that refuses, since clang cannot link LibTorch
 // here (its OpenMP clashes with libgomp) and validation never builds a stage.
+// test_fuzz_regressions checks that this lists the same stages and schemas as the real
+// registry (a stage added to builtin.cpp only would go unfuzzed).
 #include <stdexcept>
 
 #include "builtin.h"
@@ -27,8 +29,5 @@ void register_fuzz_stages(Registry& r) {
 }
 
 }  // namespace fuzz
-
-// registry.cpp's Registry::global() calls this; nothing in the fuzz targets uses global().
-void register_builtin_stages(Registry& r) { fuzz::register_fuzz_stages(r); }
 
 }  // namespace pipeline
