@@ -59,7 +59,10 @@ uint64_t header_pixels(const std::vector<uint8_t>& b) {
   if (n >= 4 && p[0] == 0xFF && p[1] == 0xD8) {  // JPEG: walk segments to the frame header
     size_t i = 2;
     while (i + 4 <= n) {
-      if (p[i] != 0xFF) return 0;
+      // libjpeg skips stray bytes before a marker ("extraneous bytes before marker") and
+      // decodes the frame it then finds, so this walk must find it too: returning 0 here let
+      // a 14368x22096 frame past max_pixels (fuzz_decode, tests/fuzz/regressions/decode/).
+      if (p[i] != 0xFF) { ++i; continue; }
       const uint8_t m = p[i + 1];
       if (m == 0xFF) { ++i; continue; }  // fill byte
       if (m == 0x01 || (m >= 0xD0 && m <= 0xD7)) { i += 2; continue; }

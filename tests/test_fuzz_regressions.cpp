@@ -12,6 +12,8 @@
 
 #include "../tests/fuzz/targets.h"
 #include "stage_docs.h"
+#include "pipe/rng.h"
+#include "spec.h"
 
 namespace fs = std::filesystem;
 using namespace pipeline;
@@ -64,4 +66,23 @@ TEST_CASE("the fuzz build's registry has every built-in stage with its real sche
   fuzz::register_fuzz_stages(fuzz_registry);
   CHECK(fuzz_registry.names() == Registry::global().names());
   CHECK(stages_markdown(fuzz_registry) == stages_markdown(Registry::global()));
+}
+
+TEST_CASE("a JPEG whose frame hides behind stray bytes is refused by the pixel limit") {
+  // libjpeg skips the stray bytes and would allocate the 14368x22096 frame; the header walk
+  // must see it too and refuse before decoding (found by fuzz_decode as an out-of-memory).
+  const StageEntry* e = Registry::global().find("decode");
+  REQUIRE(e != nullptr);
+  Diagnostics diag("test");
+  const Params params = parse_params(e->schema, YAML::Load("{max_pixels: 4194304}"), "nodes.decode", diag);
+  REQUIRE(diag.ok());
+  StageContext ctx;
+  ctx.node = "decode";
+  std::unique_ptr<Stage> stage = e->make(params, ctx);
+  Sample s;
+  s.bytes = std::make_shared<const std::vector<uint8_t>>(read(fs::path(PIPE_SOURCE_DIR) / "tests" / "fuzz" /
+                                                              "regressions" / "decode" / "jpeg-stray-bytes-hide-huge-frame.jpg"));
+  Rng rng(0, 0, 0, 0, 0);
+  CHECK_THROWS_WITH(dynamic_cast<MapStage&>(*stage).process(s, rng),
+                    "image has 317475328 pixels, more than max_pixels = 4194304");
 }
