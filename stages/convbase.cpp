@@ -28,6 +28,7 @@
 #include <torch/script.h>
 
 #include "builtin.h"
+#include "torch_schemas.h"
 #include "torch_util.h"
 
 namespace pipeline::stages {
@@ -160,35 +161,7 @@ class ConvBase : public BatchStage {
 }  // namespace
 
 void register_convbase(Registry& r) {
-  StageSchema s;
-  s.name = "convbase";
-  s.doc = "Frozen convolutional base (eval mode, no gradients): a batch of RGB images -> "
-          "per-sample float feature maps (C, H', W'). Builtin architectures (vgg16 as "
-          "torchvision's features, small_vgg for 28-64 px) or a TorchScript file.";
-  s.kind = StageKind::batch_map;
-  s.concurrency = Concurrency::serial;  // owns the model and the device; batches internally
-  s.has_device = true;
-  s.consumes = Payload::image;
-  s.produces = Payload::features;
-  s.param(param("model", ParamType::string,
-                "builtin:vgg16, builtin:small_vgg, or a TorchScript file (relative to the graph)",
-                std::nullopt));
-  s.param(param("weights", ParamType::string,
-                "weights for a builtin, written by torch::save(module) (e.g. by train_base); "
-                "\"\" = random init from init_seed, only useful for tests",
-                std::string()));
-  s.param(param("init_seed", ParamType::integer, "seed of the random init (weights: \"\")",
-                int64_t{0}, 0.0));
-  s.param(param("device", ParamType::string, "auto (CUDA when available), cpu, cuda, cuda:N",
-                std::string("auto")));
-  s.param(param("batch", ParamType::integer,
-                "images per forward pass; 0 = chosen for the device (64 on the CPU, 256 on CUDA)",
-                int64_t{0}, 0.0, 65536.0));
-  for (ParamSpec& p : torchu::image_norm_params()) s.param(std::move(p));
-  s.param(param("bf16", ParamType::boolean, "CUDA only: forward under bfloat16 autocast", false));
-  s.example = "{stage: convbase, model: \"builtin:small_vgg\", weights: ../models/small_vgg_fmnist.pt, "
-              "device: auto, batch: 64}";
-  r.add(std::move(s), [](const Params& p, const StageContext& ctx) -> std::unique_ptr<Stage> {
+  r.add(convbase_schema(), [](const Params& p, const StageContext& ctx) -> std::unique_ptr<Stage> {
     return std::make_unique<ConvBase>(p, ctx);
   });
 }

@@ -27,6 +27,7 @@
 #include <fmt/format.h>
 
 #include "builtin.h"
+#include "torch_schemas.h"
 #include "torch_util.h"
 
 namespace pipeline::stages {
@@ -218,29 +219,7 @@ class DenseHead : public SinkStage {
 }  // namespace
 
 void register_dense_head(Registry& r) {
-  StageSchema s;
-  s.name = "dense_head";
-  s.doc = "Trainable classifier on frozen features: Flatten -> Dense(hidden, ReLU) -> Dropout -> "
-          "Dense(1)+sigmoid for 2 classes, Dense(C)+softmax otherwise. Trains on the train "
-          "split (one optimizer step per batch), evaluates on validation/test; writes head.pt.";
-  s.kind = StageKind::sink;
-  s.concurrency = Concurrency::serial;  // one model, optimizer steps in batch order
-  s.consumes = Payload::features;
-  s.produces = Payload::any;
-  s.param(param("hidden", ParamType::integer, "units of the hidden Dense layer", int64_t{256}, 1.0,
-                1048576.0));
-  s.param(param("dropout", ParamType::number, "dropout rate after the hidden layer, in [0, 1)",
-                0.5, 0.0, 1.0));
-  ParamSpec opt = param("optimizer", ParamType::string,
-                        "rmsprop (Keras defaults: rho 0.9, eps 1e-7), adam (eps 1e-7) or sgd",
-                        std::string("rmsprop"));
-  opt.choices = {"rmsprop", "adam", "sgd"};
-  s.param(opt);
-  s.param(param("lr", ParamType::number, "learning rate", 1e-4, 0.0, 10.0));
-  s.param(param("weight_decay", ParamType::number, "L2 penalty added to the gradient", 0.0, 0.0));
-  s.param(param("momentum", ParamType::number, "momentum (sgd only)", 0.0, 0.0, 1.0));
-  s.example = "{stage: dense_head, hidden: 256, dropout: 0.5, optimizer: rmsprop, lr: 2.0e-5}";
-  r.add(std::move(s), [](const Params& p, const StageContext& ctx) -> std::unique_ptr<Stage> {
+  r.add(dense_head_schema(), [](const Params& p, const StageContext& ctx) -> std::unique_ptr<Stage> {
     return std::make_unique<DenseHead>(p, ctx);
   });
 }

@@ -25,6 +25,7 @@
 #include <fmt/format.h>
 
 #include "builtin.h"
+#include "torch_schemas.h"
 #include "torch_util.h"
 
 namespace pipeline::stages {
@@ -170,31 +171,7 @@ class TrainBase : public SinkStage {
 }  // namespace
 
 void register_train_base(Registry& r) {
-  StageSchema s;
-  s.name = "train_base";
-  s.doc = "Trains a builtin conv base end to end (+ global-average-pool or flatten + linear "
-          "classifier, Adam) on image batches and saves the base's weights for convbase.";
-  s.kind = StageKind::sink;
-  s.concurrency = Concurrency::serial;  // one model, optimizer steps in batch order
-  s.has_device = true;
-  s.consumes = Payload::image;
-  s.produces = Payload::any;
-  s.param(param("model", ParamType::string, "builtin:small_vgg or builtin:vgg16",
-                std::string("builtin:small_vgg")));
-  ParamSpec cls = param("classifier", ParamType::string,
-                        "gap (global average pool) or flatten, then Linear(C)", std::string("gap"));
-  cls.choices = {"gap", "flatten"};
-  s.param(cls);
-  s.param(param("lr", ParamType::number, "Adam learning rate", 1e-3, 0.0, 10.0));
-  s.param(param("weight_decay", ParamType::number, "L2 penalty added to the gradient", 0.0, 0.0));
-  s.param(param("device", ParamType::string, "auto (CUDA when available), cpu, cuda, cuda:N",
-                std::string("auto")));
-  s.param(param("out", ParamType::string,
-                "where save() writes the base's weights (relative to the graph file)",
-                std::string("models/small_vgg_fmnist.pt")));
-  for (ParamSpec& p : torchu::image_norm_params()) s.param(std::move(p));
-  s.example = "{stage: train_base, model: \"builtin:small_vgg\", out: ../models/small_vgg_fmnist.pt}";
-  r.add(std::move(s), [](const Params& p, const StageContext& ctx) -> std::unique_ptr<Stage> {
+  r.add(train_base_schema(), [](const Params& p, const StageContext& ctx) -> std::unique_ptr<Stage> {
     return std::make_unique<TrainBase>(p, ctx);
   });
 }

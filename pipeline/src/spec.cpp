@@ -618,7 +618,15 @@ GraphSpec parse_graph(const std::string& text, const std::string& file,
       for (const auto& p : pl) {
         if (!p.IsScalar()) { diag.error(p, "plugins", "a plugin must be a path string"); continue; }
         const std::string path = resolve_path(g.dir, p.Scalar());
-        if (!fs::exists(path)) diag.error(p, "plugins", fmt::format("plugin '{}' not found (looked for {})", p.Scalar(), path));
+        // The error_code overload: a name the OS refuses (ENAMETOOLONG, EACCES above it) is a
+        // diagnostic, not a filesystem_error escaping parse_graph (found by fuzz_graph).
+        std::error_code ec;
+        if (!fs::exists(path, ec)) {
+          if (ec && ec != std::errc::no_such_file_or_directory)
+            diag.error(p, "plugins", fmt::format("plugin '{}' cannot be accessed ({}): {}", p.Scalar(), path, ec.message()));
+          else
+            diag.error(p, "plugins", fmt::format("plugin '{}' not found (looked for {})", p.Scalar(), path));
+        }
         g.plugins.push_back(path);
       }
   }

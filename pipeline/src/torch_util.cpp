@@ -98,32 +98,6 @@ torch::Device parse_device(const std::string& spec) {
 
 // ---------------------------------------------------------------- images
 
-ParamSpec param(std::string name, ParamType type, std::string doc,
-                std::optional<ParamValue> def, std::optional<double> min,
-                std::optional<double> max) {
-  ParamSpec p;
-  p.name = std::move(name);
-  p.type = type;
-  p.doc = std::move(doc);
-  p.default_value = std::move(def);
-  p.min = min;
-  p.max = max;
-  return p;
-}
-
-std::vector<ParamSpec> image_norm_params() {
-  return {
-      param("rescale", ParamType::number,
-            "pixel scale: x = pixel * rescale (Keras' rescale=1./255)", 1.0 / 255.0, 0.0),
-      param("mean", ParamType::number_list,
-            "per-channel RGB mean subtracted after rescale; [] = none",
-            std::vector<double>{}),
-      param("std", ParamType::number_list,
-            "per-channel RGB std dividing after the mean; [] = none (give with mean)",
-            std::vector<double>{}, 0.0),
-  };
-}
-
 ImageNorm image_norm(const Params& p, const std::string& what) {
   ImageNorm n;
   n.rescale = p.number("rescale");

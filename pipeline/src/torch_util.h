@@ -16,6 +16,7 @@
 #include "pipe/tensor.h"
 #include "json.h"
 #include "torch_runtime.h"
+#include "torch_schemas.h"  // param(), image_norm_params()
 
 namespace pipeline::torchu {
 
@@ -29,10 +30,6 @@ void save_file(const T& value, const std::string& path) {
   write_file(path, out.str());
 }
 
-// A ParamSpec in one call (stage schemas).
-ParamSpec param(std::string name, ParamType type, std::string doc,
-                std::optional<ParamValue> def, std::optional<double> min = std::nullopt,
-                std::optional<double> max = std::nullopt);
 
 // ---- devices
 // "auto" (CUDA when torch::cuda::is_available(), else CPU), "cpu", "cuda", "cuda:N".
@@ -49,7 +46,6 @@ struct ImageNorm {
 // Reads the schema params `rescale`, `mean`, `std` (declared by image_norm_params()) and
 // checks them; throws std::runtime_error naming `what` on inconsistent lists.
 ImageNorm image_norm(const Params& p, const std::string& what);
-std::vector<ParamSpec> image_norm_params();
 
 // A batch of HxWx3 uint8 RGB images (all the same size) -> float32 (N, 3, H, W) on the CPU.
 // `pinned` allocates page-locked memory (only valid when CUDA is available) so that a
