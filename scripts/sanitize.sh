@@ -90,8 +90,12 @@ tsan_tbb() {
   (cd "$work" && apt-get "${apt[@]}" source -qq "onetbb=$version")
   local src
   src=$(find "$work" -mindepth 1 -maxdepth 1 -type d -name 'onetbb-*' | head -1)
+  # -Wno-tsan: GCC warns at each of oneTBB's seq_cst fences (47 lines of log) that TSan does
+  # not model them. An unmodelled fence can only hide a happens-before edge, i.e. add false
+  # reports, never hide a race; the tests below run with none, and the canaries show a real
+  # race is still reported.
   cmake -S "$src" -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=g++ \
-    -DCMAKE_C_COMPILER=gcc -DTBB_SANITIZE=thread -DTBB_TEST=OFF -DTBB_STRICT=OFF -DTBBMALLOC_BUILD=OFF \
+    -DCMAKE_C_COMPILER=gcc -DCMAKE_CXX_FLAGS=-Wno-tsan -DTBB_SANITIZE=thread -DTBB_TEST=OFF -DTBB_STRICT=OFF -DTBBMALLOC_BUILD=OFF \
     -DTBB_DISABLE_HWLOC_AUTOMATIC_SEARCH=ON -DCMAKE_INSTALL_PREFIX="$prefix" -DCMAKE_INSTALL_LIBDIR=lib
   cmake --build "$work/build" -j 2
   cmake --install "$work/build"
