@@ -7,25 +7,13 @@
 #   bash scripts/dev.sh build
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/install_missing.sh
 
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config
   libtorch-dev libtbb-dev libopencv-dev libyaml-cpp-dev libfmt-dev catch2 libcli11-dev
   libspdlog-dev zlib1g-dev libjpeg-dev libopenblas0-openmp dataset-fashion-mnist
 )
-
-install_missing() {
-  local missing=()
-  for p in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  echo "dev.sh: installing ${missing[*]}"
-  local sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
-}
 
 build() {
   # Each LibTorch translation unit needs ~1.5 GB and a minute: two jobs at most.
@@ -39,7 +27,7 @@ build() {
 
 cmd="${1:-run}"
 [ $# -gt 0 ] && shift
-install_missing
+install_missing dev.sh "${PACKAGES[@]}"
 build
 case "$cmd" in
   run) exec ./build/pipe run graphs/cached.yaml "$@" ;;

@@ -9,6 +9,7 @@
 # Every job fails (exit != 0) on any sanitizer report, failed test or fuzzer finding.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/install_missing.sh
 ROOT=$PWD
 
 # clang + its runtimes (libFuzzer) for the fuzz job; dpkg-dev (dpkg-source) to unpack
@@ -30,19 +31,6 @@ export CCACHE_BASEDIR=$ROOT CCACHE_NOHASHDIR=1
 export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
 
 log() { echo "sanitize: $*"; }
-
-install_missing() {
-  local missing=()
-  for p in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  log "installing ${missing[*]}"
-  local sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
-}
 
 labels() { local IFS='|'; echo "^($*)\$"; }
 
@@ -138,7 +126,7 @@ fuzz() {
 }
 
 job="${1:-all}"
-install_missing
+install_missing sanitize "${PACKAGES[@]}"
 case "$job" in
   asan) asan ;;
   tsan) tsan ;;
