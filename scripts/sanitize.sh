@@ -71,7 +71,12 @@ tsan_tbb() {
   version=$(dpkg-query -W -f='${Version}' libtbb-dev)
   rm -rf "$work" && mkdir -p "$work/lists/partial"
   # A private apt state with deb-src lines: the system's apt configuration is left alone.
-  printf 'deb-src http://deb.debian.org/debian bookworm main\ndeb-src http://deb.debian.org/debian-security bookworm-security main\ndeb-src http://deb.debian.org/debian bookworm-updates main\n' > "$work/sources.list"
+  # The lines mirror the machine's own bookworm sources (a CI machine may use a mirror or
+  # snapshot instead of deb.debian.org); deb.debian.org only if none is configured.
+  apt-get indextargets --format '$(REPO_URI) $(RELEASE) $(COMPONENT)' 'Identifier: Packages' |
+    awk '$2 ~ /^bookworm/ { print "deb-src " $1 " " $2 " " $3 }' | sort -u > "$work/sources.list"
+  [ -s "$work/sources.list" ] ||
+    printf 'deb-src http://deb.debian.org/debian %s main\n' bookworm bookworm-updates > "$work/sources.list"
   local apt=(-o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/nonexistent
              -o "Dir::State::Lists=$work/lists" -o APT::Sandbox::User=root)
   apt-get "${apt[@]}" update -qq
