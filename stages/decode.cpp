@@ -23,6 +23,7 @@
 #include <fmt/format.h>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <webp/decode.h>
 
 #include "builtin.h"
 
@@ -37,6 +38,15 @@ uint32_t le32(const uint8_t* p) { return (uint32_t{p[3]} << 24) | le24(p); }
 
 // Pixels the file's header declares, or 0 when the format is not recognised here (the
 // decoded size is checked anyway).
+// The WebP header as OpenCV 4.6 reads it: libwebp's WebPGetFeatures() on the first 32 bytes
+// decides both whether its WebP decoder claims the bytes and the size it decodes.
+constexpr size_t kWebPHeaderSize = 32;
+bool webp_header(const std::vector<uint8_t>& b, WebPBitstreamFeatures& f) {
+  return b.size() >= kWebPHeaderSize && std::memcmp(b.data(), "RIFF", 4) == 0 &&
+         std::memcmp(b.data() + 8, "WEBP", 4) == 0 &&
+         WebPGetFeatures(b.data(), kWebPHeaderSize, &f) == VP8_STATUS_OK;
+}
+
 uint64_t header_pixels(const std::vector<uint8_t>& b) {
   const size_t n = b.size();
   const uint8_t* p = b.data();
@@ -46,16 +56,7 @@ uint64_t header_pixels(const std::vector<uint8_t>& b) {
     const int64_t w = static_cast<int32_t>(le32(p + 18)), h = static_cast<int32_t>(le32(p + 22));
     return static_cast<uint64_t>(std::abs(w)) * static_cast<uint64_t>(std::abs(h));
   }
-  if (n >= 30 && std::memcmp(p, "RIFF", 4) == 0 && std::memcmp(p + 8, "WEBP", 4) == 0) {
-    if (std::memcmp(p + 12, "VP8X", 4) == 0) return uint64_t{le24(p + 24) + 1} * (le24(p + 27) + 1);
-    if (std::memcmp(p + 12, "VP8L", 4) == 0) {
-      const uint32_t v = le32(p + 21);
-      return uint64_t{(v & 0x3fff) + 1} * (((v >> 14) & 0x3fff) + 1);
-    }
-    if (std::memcmp(p + 12, "VP8 ", 4) == 0)
-      return uint64_t{le16(p + 26) & 0x3fff} * (le16(p + 28) & 0x3fff);
-    return 0;
-  }
+  if (WebPBitstreamFeatures f; webp_header(b, f)) return uint64_t(f.width) * uint64_t(f.height);
   if (n >= 4 && p[0] == 0xFF && p[1] == 0xD8) {  // JPEG: walk segments to the frame header
     size_t i = 2;
     while (i + 4 <= n) {
@@ -75,18 +76,21 @@ uint64_t header_pixels(const std::vector<uint8_t>& b) {
   return 0;
 }
 
-// imdecode tries every codec Debian's OpenCV links (DICOM via GDCM, OpenEXR, JPEG 2000,
-// HDR, TIFF, ...) on bytes whose format it does not recognise, and some of those abort the
-// process on crafted input (GDCM asserts on a "DICM" tag at offset 128: found by
-// fuzz_decode, tests/fuzz/regressions/decode/). Only the four documented formats, which
-// are the ones the folder source lists, reach imdecode.
+// imdecode hands the bytes to the first codec whose signature check accepts them, out of
+// every codec Debian's OpenCV links (DICOM via GDCM, OpenEXR, JPEG 2000, HDR, TIFF, ...), and
+// some of those abort the process on crafted input (GDCM asserts on a "DICM" tag at offset
+// 128: found by fuzz_decode, tests/fuzz/regressions/decode/). Only bytes that the PNG, JPEG,
+// BMP or WebP codec itself will claim reach imdecode, so this check must be exactly as strict
+// as theirs: a RIFF/WEBP file that libwebp rejects fell through to GDCM (second finding).
+// No codec ahead of these four in OpenCV's list accepts their signatures.
 bool supported_format(const std::vector<uint8_t>& b) {
   const size_t n = b.size();
   const uint8_t* p = b.data();
   if (n >= 8 && std::memcmp(p, "\x89PNG\r\n\x1a\n", 8) == 0) return true;
   if (n >= 3 && p[0] == 0xFF && p[1] == 0xD8 && p[2] == 0xFF) return true;
   if (n >= 2 && p[0] == 'B' && p[1] == 'M') return true;
-  return n >= 12 && std::memcmp(p, "RIFF", 4) == 0 && std::memcmp(p + 8, "WEBP", 4) == 0;
+  WebPBitstreamFeatures f;
+  return webp_header(b, f);
 }
 
 int interpolation_flag(const std::string& s) {

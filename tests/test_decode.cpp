@@ -120,6 +120,43 @@ TEST_CASE("decode: per-sample errors and the Fashion-MNIST path") {
     CHECK_THROWS_WITH(run(*stage, s), Catch::Contains("3072 pixels"));
     s.bytes = encode(cv::Mat(48, 62, CV_8UC3, cv::Scalar::all(90)), ".jpg");  // 2976: fine
     CHECK(run(*stage, s).size() == cv::Size(32, 32));
+    // WebP, lossy (VP8) and lossless (VP8L): the size libwebp reads from the first 32 bytes.
+    for (const std::vector<int>& params : {std::vector<int>{cv::IMWRITE_WEBP_QUALITY, 90},
+                                           std::vector<int>{cv::IMWRITE_WEBP_QUALITY, 101}}) {
+      INFO("webp quality " << params[1]);
+      std::vector<uint8_t> webp;
+      REQUIRE(cv::imencode(".webp", cv::Mat(48, 64, CV_8UC3, cv::Scalar::all(90)), webp, params));
+      s.bytes = std::make_shared<const std::vector<uint8_t>>(webp.begin(), webp.begin() + 32);
+      CHECK_THROWS_WITH(run(*stage, s), Catch::Contains("3072 pixels"));
+      REQUIRE(cv::imencode(".webp", cv::Mat(48, 62, CV_8UC3, cv::Scalar::all(90)), webp, params));
+      s.bytes = std::make_shared<const std::vector<uint8_t>>(webp);
+      CHECK(run(*stage, s).size() == cv::Size(32, 32));
+    }
+  }
+  SECTION("each supported format decodes to its pixels") {
+    // Four colour blocks (RGB order after decoding); lossy codecs get a tolerance.
+    cv::Mat rgb(32, 32, CV_8UC3);
+    rgb(cv::Rect(0, 0, 16, 16)).setTo(cv::Scalar(200, 30, 40));
+    rgb(cv::Rect(16, 0, 16, 16)).setTo(cv::Scalar(20, 180, 60));
+    rgb(cv::Rect(0, 16, 16, 16)).setTo(cv::Scalar(10, 40, 220));
+    rgb(cv::Rect(16, 16, 16, 16)).setTo(cv::Scalar(250, 250, 250));
+    cv::Mat bgr;
+    cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
+    const struct { const char* ext; std::vector<int> params; double tolerance; } formats[] = {
+        {".png", {}, 0}, {".bmp", {}, 0}, {".webp", {cv::IMWRITE_WEBP_QUALITY, 101}, 0},
+        {".jpg", {cv::IMWRITE_JPEG_QUALITY, 100}, 12}, {".webp", {cv::IMWRITE_WEBP_QUALITY, 95}, 12}};
+    for (const auto& f : formats) {
+      INFO(f.ext << " " << (f.params.empty() ? 0 : f.params[1]));
+      std::vector<uint8_t> buf;
+      REQUIRE(cv::imencode(f.ext, bgr, buf, f.params));
+      s.bytes = std::make_shared<const std::vector<uint8_t>>(std::move(buf));
+      const cv::Mat out = run(*stage, s);
+      REQUIRE(out.type() == CV_8UC3);
+      // Compare block interiors: resampling and lossy codecs blur the block edges.
+      for (const cv::Rect r : {cv::Rect(2, 2, 12, 12), cv::Rect(18, 2, 12, 12), cv::Rect(2, 18, 12, 12),
+                               cv::Rect(18, 18, 12, 12)})
+        CHECK(cv::norm(out(r), rgb(r), cv::NORM_INF) <= f.tolerance);
+    }
   }
   SECTION("a raw Fashion-MNIST image (28x28 gray) becomes 32x32 RGB") {
     auto src = testing::make_source("{source: fashion_mnist, classes: [bag], per_class: [2, 0, 0]}");

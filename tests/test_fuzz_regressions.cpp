@@ -68,9 +68,10 @@ TEST_CASE("the fuzz build's registry has every built-in stage with its real sche
   CHECK(stages_markdown(fuzz_registry) == stages_markdown(Registry::global()));
 }
 
-TEST_CASE("a JPEG whose frame hides behind stray bytes is refused by the pixel limit") {
-  // libjpeg skips the stray bytes and would allocate the 14368x22096 frame; the header walk
-  // must see it too and refuse before decoding (found by fuzz_decode as an out-of-memory).
+namespace {
+
+// The decode stage with max_pixels = 4 Mpx, fed one committed regression input.
+void decode_regression(const std::string& name) {
   const StageEntry* e = Registry::global().find("decode");
   REQUIRE(e != nullptr);
   Diagnostics diag("test");
@@ -80,9 +81,27 @@ TEST_CASE("a JPEG whose frame hides behind stray bytes is refused by the pixel l
   ctx.node = "decode";
   std::unique_ptr<Stage> stage = e->make(params, ctx);
   Sample s;
-  s.bytes = std::make_shared<const std::vector<uint8_t>>(read(fs::path(PIPE_SOURCE_DIR) / "tests" / "fuzz" /
-                                                              "regressions" / "decode" / "jpeg-stray-bytes-hide-huge-frame.jpg"));
+  s.bytes = std::make_shared<const std::vector<uint8_t>>(
+      read(fs::path(PIPE_SOURCE_DIR) / "tests" / "fuzz" / "regressions" / "decode" / name));
   Rng rng(0, 0, 0, 0, 0);
-  CHECK_THROWS_WITH(dynamic_cast<MapStage&>(*stage).process(s, rng),
+  dynamic_cast<MapStage&>(*stage).process(s, rng);
+}
+
+}  // namespace
+
+TEST_CASE("a JPEG whose frame hides behind stray bytes is refused by the pixel limit") {
+  // libjpeg skips the stray bytes and would allocate the 14368x22096 frame; the header walk
+  // must see it too and refuse before decoding (found by fuzz_decode as an out-of-memory).
+  CHECK_THROWS_WITH(decode_regression("jpeg-stray-bytes-hide-huge-frame.jpg"),
                     "image has 317475328 pixels, more than max_pixels = 4194304");
+}
+
+TEST_CASE("bytes that no allowed codec claims are refused before imdecode sees them") {
+  // Both carry "DICM" at offset 128, which OpenCV's GDCM codec claims and then asserts on
+  // (process abort). The first looks like no image; the second starts RIFF....WEBP but its
+  // first chunk is not one libwebp accepts, so OpenCV's WebP codec passes it on to GDCM.
+  for (const char* name : {"gdcm-assert-dicm-at-128.bin", "gdcm-assert-webp-header-libwebp-rejects.bin"}) {
+    INFO(name);
+    CHECK_THROWS_WITH(decode_regression(name), "cannot decode image (not a supported format or truncated)");
+  }
 }
