@@ -19,7 +19,7 @@
 //
 // Example config:
 //   features: {stage: convbase, model: "builtin:small_vgg",
-//              weights: ../models/small_vgg_fmnist.pt, device: auto, batch: 64}
+//              weights: ../models/small_vgg_fmnist.pt, device: auto}
 #include <filesystem>
 #include <optional>
 

@@ -63,7 +63,7 @@ StageSchema convbase_schema() {
   for (ParamSpec& p : torchu::image_norm_params()) s.param(std::move(p));
   s.param(param("bf16", ParamType::boolean, "CUDA only: forward under bfloat16 autocast", false));
   s.example = "{stage: convbase, model: \"builtin:small_vgg\", weights: ../models/small_vgg_fmnist.pt, "
-              "device: auto, batch: 64}";
+              "device: auto}";
   return s;
 }
 
