@@ -3,7 +3,7 @@
 #
 #   bash scripts/sanitize.sh asan   # ASan+UBSan build (build-asan/): all Catch2 tests (unit, executor, end to end)
 #   bash scripts/sanitize.sh tsan   # TSan build (build-tsan/) on a TSan-built oneTBB: executor and cache tests
-#   bash scripts/sanitize.sh fuzz   # clang libFuzzer targets (build-fuzz/): regressions, then FUZZ_SECONDS each
+#   bash scripts/sanitize.sh fuzz   # clang libFuzzer targets (build-fuzz/: graph, decode, cache): regressions, then FUZZ_SECONDS each
 #   bash scripts/sanitize.sh all
 #
 # Every job fails (exit != 0) on any sanitizer report, failed test or fuzzer finding.
@@ -13,8 +13,9 @@ source scripts/install_missing.sh
 ROOT=$PWD
 
 # clang + its runtimes (libFuzzer) for the fuzz job; dpkg-dev (dpkg-source) to unpack
-# Debian's oneTBB source for the TSan job. The rest comes from scripts/dev.sh.
-PACKAGES=(clang-14 libclang-rt-14-dev dpkg-dev)
+# Debian's oneTBB source for the TSan job; libxxhash-dev (also in scripts/dev.sh) for the
+# cache store that fuzz_cache links. The rest comes from scripts/dev.sh.
+PACKAGES=(clang-14 libclang-rt-14-dev dpkg-dev libxxhash-dev)
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 
 # Tests per job, as ctest labels (one label per test executable, tests/CMakeLists.txt).
@@ -115,13 +116,14 @@ fuzz() {
   [ -f build-fuzz/build.ninja ] || CXX=clang++-14 cmake -S tests/fuzz -B build-fuzz -G Ninja
   timed "fuzz build" cmake --build build-fuzz -j 2
   local t
-  for t in graph decode; do
+  for t in graph decode cache; do
     # Every committed finding first: a regression fails here before any fuzzing.
     timed "fuzz_$t regressions" build-fuzz/fuzz_$t -runs=0 tests/fuzz/regressions/$t tests/fuzz/corpus/$t
     local work=build-fuzz/work-$t
     rm -rf "$work" && mkdir -p "$work/corpus" "$work/artifacts"
     # New inputs go to the scratch corpus; the committed seeds are read only. A crash,
-    # leak, UB, timeout (>10 s) or out-of-memory (>2 GB: a pixel-limit bypass) exits != 0.
+    # leak, UB, timeout (>10 s) or out-of-memory (>2 GB: a pixel-limit bypass, a cache
+    # manifest's sizes believed) exits != 0.
     timed "fuzz_$t ${FUZZ_SECONDS} s" build-fuzz/fuzz_$t -max_total_time="$FUZZ_SECONDS" -timeout=10 \
       -rss_limit_mb=2048 -malloc_limit_mb=1024 -print_final_stats=1 -artifact_prefix="$work/artifacts/" \
       "$work/corpus" tests/fuzz/corpus/$t > "$work/log" 2>&1 ||

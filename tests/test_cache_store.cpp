@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -22,7 +23,10 @@
 
 #include <yaml-cpp/yaml.h>
 
-#include "cache.h"
+// The one-shot reference for Hasher, compiled here (static, renamed symbols): no link needed.
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
 #include "cache_store.h"
 #include "testing.h"
 
@@ -137,33 +141,92 @@ int64_t rss_file_kib() {
 }  // namespace
 
 TEST_CASE("cache hash and cache dir resolution", "[cache]") {
-  SECTION("XXH64 lanes match the reference vectors; streaming equals one shot") {
-    CHECK(Hasher().digest()[0] == 0xEF46DB3751D8E999ULL);  // XXH64("", 0)
-    CHECK(Hasher().update("abc").digest()[0] == 0x44BC2CF5AD770999ULL);  // XXH64("abc", 0)
-    CHECK(Hasher().digest()[0] != Hasher().digest()[1]);
+  SECTION("Hasher is streaming XXH3-128: one-shot XXH3_128bits of the same bytes, any split") {
+    // The one-shot reference is xxhash.h compiled inline here (XXH_INLINE_ALL), not the
+    // library's streaming code that Hasher calls.
+    const auto reference = [](const std::string& bytes) {
+      return XXH3_128bits(bytes.data(), bytes.size());
+    };
+    const auto canonical_hex = [](XXH128_hash_t h) {
+      XXH128_canonical_t c;
+      XXH128_canonicalFromHash(&c, h);
+      std::string out;
+      for (unsigned char byte : c.digest) {
+        char two[3];
+        std::snprintf(two, sizeof two, "%02x", byte);
+        out += two;
+      }
+      return out;
+    };
+    std::string data(5000, '\0');
+    for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>((i * 7919) >> 3);
+    // XXH3 has separate paths for 0, 1-3, 4-8, 9-16, 17-128, 129-240 and longer inputs; the
+    // streaming state buffers 256 bytes and consumes 64-byte stripes in 1024-byte blocks.
+    for (size_t n : {size_t(0), size_t(1), size_t(3), size_t(8), size_t(16), size_t(17), size_t(128),
+                     size_t(129), size_t(240), size_t(241), size_t(256), size_t(1024), size_t(1025),
+                     size_t(5000)}) {
+      const std::string bytes = data.substr(0, n);
+      const XXH128_hash_t want = reference(bytes);
+      Hasher whole;
+      whole.update(bytes);
+      CHECK(whole.digest() == std::array<uint64_t, 2>{want.high64, want.low64});
+      CHECK(whole.hex() == canonical_hex(want));  // high64 then low64: xxHash's canonical form
+      CHECK(hash_hex(bytes) == canonical_hex(want));
+      for (size_t cut : {size_t(0), size_t(1), size_t(63), size_t(64), size_t(65), size_t(255),
+                         size_t(256), size_t(257), size_t(1023), size_t(1024), size_t(1025), n / 2,
+                         n > 0 ? n - 1 : 0}) {
+        if (cut > n) continue;
+        INFO("n = " << n << ", cut at " << cut);
+        Hasher two;
+        two.update(bytes.substr(0, cut)).update(bytes.substr(cut));
+        CHECK(two.hex() == whole.hex());
+        Hasher three;  // three pieces, the middle one possibly empty
+        const size_t mid = cut + (n - cut) / 3;
+        three.update(bytes.substr(0, cut)).update(bytes.substr(cut, mid - cut)).update(bytes.substr(mid));
+        CHECK(three.hex() == whole.hex());
+      }
+      Hasher bytewise;
+      for (char c : bytes) bytewise.update(&c, 1);
+      CHECK(bytewise.hex() == whole.hex());
+    }
+    CHECK(Hasher().update(nullptr, 0).hex() == canonical_hex(reference("")));
     const std::string h = hash_hex("hello");
     CHECK(h.size() == 32);
     CHECK(h.find_first_not_of("0123456789abcdef") == std::string::npos);
-    CHECK(h == hash_hex("hello"));
     CHECK(h != hash_hex("hellp"));
 
-    std::string data(1000, '\0');
-    for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>((i * 7919) >> 3);
-    const std::string whole = hash_hex(data);
-    for (size_t cut : {size_t(1), size_t(31), size_t(32), size_t(33), size_t(500), size_t(999)}) {
-      Hasher s;
-      s.update(data.substr(0, cut)).update(data.substr(cut));
-      CHECK(s.hex() == whole);
-    }
-    Hasher bytewise;
-    for (char c : data) bytewise.update(&c, 1);
-    CHECK(bytewise.hex() == whole);
-    CHECK(Hasher().field("ab").field("c").hex() != Hasher().field("a").field("bc").hex());
+    // digest() does not reset; a copy carries the state on independently.
+    Hasher running;
+    running.update("abc");
+    CHECK(running.hex() == running.hex());
+    Hasher copy = running;
+    copy.update("def");
+    CHECK(running.hex() == hash_hex("abc"));
+    CHECK(copy.hex() == hash_hex("abcdef"));
+    running.update("def");
+    CHECK(running.hex() == copy.hex());
 
+    // field(): 8-byte little-endian length, then the bytes.
+    const std::string ab_prefixed = std::string("\x02\0\0\0\0\0\0\0", 8) + "ab";
+    CHECK(Hasher().field("ab").hex() == canonical_hex(reference(ab_prefixed)));
+    const std::string empty_prefixed(8, '\0');
+    CHECK(Hasher().field("").hex() == canonical_hex(reference(empty_prefixed)));
+    CHECK(Hasher().field("ab").field("c").hex() != Hasher().field("a").field("bc").hex());
+    CHECK(Hasher().field("ab").field("c").hex() ==
+          canonical_hex(reference(ab_prefixed + std::string("\x01\0\0\0\0\0\0\0", 8) + "c")));
+    CHECK(Hasher().field("ab").hex() != hash_hex("ab"));
+
+    // hash_file streams the file (reads of 1 MiB): equal to the one-shot hash of its bytes.
     TempDir tmp;
-    const std::string f = tmp.path + "/blob";
-    std::ofstream(f, std::ios::binary) << data;
-    CHECK(hash_file(f) == whole);
+    std::string big(size_t(3) << 19, '\0');  // 1.5 MiB
+    for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>((i * 2654435761u) >> 13);
+    for (const std::string* content : {&data, &big}) {
+      const std::string f = tmp.path + "/blob";
+      std::ofstream(f, std::ios::binary | std::ios::trunc) << *content;
+      CHECK(hash_file(f) == canonical_hex(reference(*content)));
+    }
+    std::ofstream(tmp.path + "/empty", std::ios::binary);
+    CHECK(hash_file(tmp.path + "/empty") == canonical_hex(reference("")));
     CHECK_THROWS_AS(hash_file(tmp.path + "/missing"), std::runtime_error);
   }
 
@@ -383,6 +446,15 @@ TEST_CASE("feature cache entries", "[cache]") {
     SECTION("garbage manifest") {
       std::ofstream(manifest) << "{\"count\": [oops";
     }
+    // Reading either would block forever.
+    SECTION("data file replaced by a FIFO") {
+      REQUIRE(::unlink(npy.c_str()) == 0);
+      REQUIRE(::mkfifo(npy.c_str(), 0644) == 0);
+    }
+    SECTION("manifest replaced by a FIFO") {
+      REQUIRE(::unlink(manifest.c_str()) == 0);
+      REQUIRE(::mkfifo(manifest.c_str(), 0644) == 0);
+    }
     std::shared_ptr<const FeatureCache::Entry> e;
     const std::string err = capture_stderr([&] { e = cache.open(fp, "train"); });
     CHECK(e == nullptr);
@@ -396,6 +468,99 @@ TEST_CASE("feature cache entries", "[cache]") {
     auto again = cache.open(fp, "train");
     REQUIRE(again);
     CHECK(again->features(4, 1).ptr()[5] == value(4, 1, 5));
+  }
+
+  SECTION("an entry of another format version (the previous one: XXH64 checksums) is recomputed") {
+    // Everything valid but format_version: written by the previous pipe (1, whose checksums
+    // were XXH64 under two seeds) or by a newer one. open() must not read it.
+    for (int version : {1, 3}) {
+      INFO("format_version " << version);
+      write_entry(cache, fp, "train");
+      const std::string npy = cache.npy_path(fp, "train");
+      const std::string manifest = cache.manifest_path(fp, "train");
+      REQUIRE(cache.open(fp, "train"));
+      REQUIRE(YAML::LoadFile(manifest)["format_version"].as<int>() == 2);
+      std::string text = read_all(manifest);
+      const std::string field = "\"format_version\": 2";
+      const size_t at = text.find(field);
+      REQUIRE(at != std::string::npos);
+      text.replace(at, field.size(), "\"format_version\": " + std::to_string(version));
+      std::ofstream(manifest, std::ios::binary | std::ios::trunc) << text;
+      REQUIRE(YAML::LoadFile(manifest)["format_version"].as<int>() == version);
+      REQUIRE(cache.list().size() == 1);
+
+      std::shared_ptr<const FeatureCache::Entry> e;
+      const std::string err = capture_stderr([&] { e = cache.open(fp, "train"); });
+      CHECK(e == nullptr);
+      CHECK(err == "pipe: warning: cache file " + manifest + " is in another cache format (format_version " +
+                       std::to_string(version) + ", this pipe reads 2" +
+                       (version == 1 ? ": written by an older pipe" : "") +
+                       "); removing the entry, it will be recomputed\n");
+      CHECK_FALSE(exists(npy));
+      CHECK_FALSE(exists(manifest));
+      CHECK(cache.list().empty());
+      CHECK(cache.open(fp, "train") == nullptr);  // now a plain miss: silent
+    }
+    // Recomputed: the current format, an XXH3-128 checksum.
+    write_entry(cache, fp, "train");
+    auto again = cache.open(fp, "train");
+    REQUIRE(again);
+    CHECK(again->features(4, 1).ptr()[5] == value(4, 1, 5));
+    const YAML::Node m = YAML::LoadFile(cache.manifest_path(fp, "train"));
+    CHECK(m["format"].as<std::string>() == "pipe feature cache");
+    CHECK(m["format_version"].as<int>() == 2);
+    CHECK(m["checksum_algorithm"].as<std::string>().rfind("XXH3-128", 0) == 0);
+  }
+
+  SECTION("a manifest claiming rows that overflow, or too many dimensions, is refused") {
+    // A hostile or damaged manifest: sizes are computed with overflow checks before anything
+    // is mapped or read (found by fuzz_cache; tests/fuzz/regressions/cache/).
+    write_entry(cache, fp, "train", 1, 1);
+    const std::string manifest = cache.manifest_path(fp, "train");
+    const std::string text = read_all(manifest);
+    const std::string shape = "\"feature_shape\": [\n  3,\n  2\n ]";
+    REQUIRE(text.find(shape) != std::string::npos);
+    std::string dims;
+    for (int i = 0; i < 30000; ++i) dims += i ? ", 1" : "1";
+    for (const std::string& claim : {std::string("[4611686018427387904, 4, 0]"),
+                                     std::string("[4611686018427387904, 4]"), "[" + dims + "]"}) {
+      INFO(claim.substr(0, 40));
+      write_entry(cache, fp, "train", 1, 1);
+      std::string t = read_all(manifest);
+      t.replace(t.find(shape), shape.size(), "\"feature_shape\": " + claim);
+      std::ofstream(manifest, std::ios::binary | std::ios::trunc) << t;
+      std::shared_ptr<const FeatureCache::Entry> e;
+      const std::string err = capture_stderr([&] { CHECK_NOTHROW(e = cache.open(fp, "train")); });
+      CHECK(e == nullptr);
+      CHECK(err.find("pipe: warning: cache file " + manifest + " is corrupt (bad manifest: ") == 0);
+      CHECK(std::count(err.begin(), err.end(), '\n') == 1);
+      CHECK_FALSE(exists(manifest));
+    }
+
+    // 2^62 floats per row: 4 x 2^62 bytes wrap to 0 in 64 bits, so that the sizes agreed with
+    // a file holding only the header (checksum right too) and the entry opened with rows
+    // far outside its mapping (tests/fuzz/regressions/cache/row-bytes-wrap-to-zero.bin).
+    write_entry(cache, fp, "train", 1, 1);
+    const std::string npy = cache.npy_path(fp, "train");
+    std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1, 4611686018427387904), }";
+    header.append((64 - (10 + header.size() + 1) % 64) % 64, ' ');
+    header += '\n';
+    header = std::string("\x93NUMPY\x01\x00", 8) + char(header.size() & 0xFF) + char(header.size() >> 8) + header;
+    std::string t = read_all(manifest);
+    t.replace(t.find(shape), shape.size(), "\"feature_shape\": [4611686018427387904]");
+    const std::string bytes = "\"bytes\": " + std::to_string(read_all(npy).size());
+    REQUIRE(t.find(bytes) != std::string::npos);
+    t.replace(t.find(bytes), bytes.size(), "\"bytes\": " + std::to_string(header.size()));
+    const std::string sum = hash_file(npy);
+    REQUIRE(t.find(sum) != std::string::npos);
+    t.replace(t.find(sum), sum.size(), hash_hex(header));
+    std::ofstream(manifest, std::ios::binary | std::ios::trunc) << t;
+    std::ofstream(npy, std::ios::binary | std::ios::trunc) << header;
+    std::shared_ptr<const FeatureCache::Entry> e;
+    const std::string err = capture_stderr([&] { e = cache.open(fp, "train"); });
+    CHECK(e == nullptr);
+    CHECK(err.find(" is corrupt (bad manifest: 1 samples x 1 views of features (4611686018427387904) overflow)") !=
+          std::string::npos);
   }
 
   SECTION("a corrupt entry is left alone while a writer holds its lock") {
@@ -505,33 +670,3 @@ TEST_CASE("feature cache entries", "[cache]") {
   }
 }
 
-TEST_CASE("cache stage parameters", "[cache][stage]") {
-  using stages::CacheStage;
-  auto plain = testing::make<CacheStage>("{stage: cache}", "memo", 5, "/graphs");
-  CHECK(plain->views() == 0);
-  CHECK(plain->dir().empty());
-  CHECK(plain->root() == resolve_cache_dir(""));
-  CHECK(plain->stored_views(Split::train) == 1);
-  CHECK(plain->view_for(3, 10) == 0);
-
-  auto k = testing::make<CacheStage>("{stage: cache, views: 4, dir: features}", "memo", 5, "/graphs");
-  CHECK(k->dir() == "/graphs/features");
-  CHECK(k->root() == "/graphs/features");
-  CHECK(k->stored_views(Split::train) == 4);
-  CHECK(k->stored_views(Split::validation) == 1);
-  CHECK(k->stored_views(Split::test) == 1);
-  std::vector<int> seen(4, 0);
-  for (int epoch = 1; epoch <= 5; ++epoch)
-    for (int64_t id = 0; id < 40; ++id) {
-      const int v = k->view_for(epoch, id);
-      REQUIRE(v >= 0);
-      REQUIRE(v < 4);
-      CHECK(v == k->view_for(epoch, id));  // a pure function of (seed, node, epoch, id)
-      ++seen[static_cast<size_t>(v)];
-    }
-  for (int n : seen) CHECK(n > 20);  // every view is used (200 picks, ~50 each)
-
-  auto abs = testing::make<CacheStage>("{stage: cache, dir: /abs/dir}", "memo", 5, "/graphs");
-  CHECK(abs->root() == "/abs/dir");
-  CHECK_THROWS(testing::make<CacheStage>("{stage: cache, views: -1}"));
-}

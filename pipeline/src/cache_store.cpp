@@ -9,9 +9,12 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <mutex>
+#include <new>
 #include <stdexcept>
+#include <type_traits>
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -20,6 +23,9 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t's definition, for Hasher's inline state
+#include <xxhash.h>
 
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
@@ -33,114 +39,32 @@
 namespace pipeline {
 
 // ---------------------------------------------------------------------------------------
-// XXH64 (xxHash specification, 64-bit variant), two seeds.
+// XXH3-128 (libxxhash), streamed.
 
 namespace {
 
-constexpr uint64_t P1 = 0x9E3779B185EBCA87ULL;
-constexpr uint64_t P2 = 0xC2B2AE3D27D4EB4FULL;
-constexpr uint64_t P3 = 0x165667B19E3779F9ULL;
-constexpr uint64_t P4 = 0x85EBCA77C2B2AE63ULL;
-constexpr uint64_t P5 = 0x27D4EB2F165667C5ULL;
-constexpr uint64_t kSeeds[2] = {0, 0x9E3779B97F4A7C15ULL};
+static_assert(alignof(XXH3_state_t) <= 64, "Hasher::state_ is not aligned enough for XXH3_state_t");
+static_assert(std::is_trivially_copyable_v<XXH3_state_t>, "a Hasher copy must copy the XXH3 state");
 
-inline uint64_t rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
-inline uint64_t read64(const unsigned char* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];  // little endian on every host
-  return v;
+XXH3_state_t* xxh3(unsigned char* storage) {
+  return std::launder(reinterpret_cast<XXH3_state_t*>(storage));
 }
-inline uint32_t read32(const unsigned char* p) {
-  return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
-}
-inline uint64_t xround(uint64_t acc, uint64_t input) {
-  acc += input * P2;
-  acc = rotl(acc, 31);
-  return acc * P1;
-}
-inline uint64_t merge_round(uint64_t acc, uint64_t val) {
-  acc ^= xround(0, val);
-  return acc * P1 + P4;
+const XXH3_state_t* xxh3(const unsigned char* storage) {
+  return std::launder(reinterpret_cast<const XXH3_state_t*>(storage));
 }
 
 }  // namespace
 
-void Hasher::Lane::reset(uint64_t s) {
-  seed = s;
-  v[0] = s + P1 + P2;
-  v[1] = s + P2;
-  v[2] = s;
-  v[3] = s - P1;
-  total = 0;
-}
-
-void Hasher::Lane::stripe(const unsigned char* p) {
-  for (int i = 0; i < 4; ++i) v[i] = xround(v[i], read64(p + 8 * i));
-}
-
-uint64_t Hasher::Lane::finish(const unsigned char* tail, std::size_t n) const {
-  uint64_t h;
-  if (total >= 32) {
-    h = rotl(v[0], 1) + rotl(v[1], 7) + rotl(v[2], 12) + rotl(v[3], 18);
-    for (int i = 0; i < 4; ++i) h = merge_round(h, v[i]);
-  } else {
-    h = seed + P5;
-  }
-  h += total;
-  const unsigned char* p = tail;
-  while (n >= 8) {
-    h ^= xround(0, read64(p));
-    h = rotl(h, 27) * P1 + P4;
-    p += 8;
-    n -= 8;
-  }
-  if (n >= 4) {
-    h ^= uint64_t(read32(p)) * P1;
-    h = rotl(h, 23) * P2 + P3;
-    p += 4;
-    n -= 4;
-  }
-  while (n > 0) {
-    h ^= uint64_t(*p) * P5;
-    h = rotl(h, 11) * P1;
-    ++p;
-    --n;
-  }
-  h ^= h >> 33;
-  h *= P2;
-  h ^= h >> 29;
-  h *= P3;
-  h ^= h >> 32;
-  return h;
-}
-
 Hasher::Hasher() {
-  for (int i = 0; i < 2; ++i) lanes_[i].reset(kSeeds[i]);
+  static_assert(sizeof(XXH3_state_t) <= sizeof(state_), "Hasher::state_ is too small for XXH3_state_t");
+  new (state_) XXH3_state_t;
+  if (XXH3_128bits_reset(xxh3(state_)) != XXH_OK) throw std::logic_error("XXH3_128bits_reset failed");
 }
 
 Hasher& Hasher::update(const void* data, std::size_t size) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  for (Lane& l : lanes_) l.total += size;
-  if (buffered_ + size < 32) {
-    if (size) std::memcpy(buf_ + buffered_, p, size);
-    buffered_ += size;
-    return *this;
-  }
-  if (buffered_) {
-    const std::size_t fill = 32 - buffered_;
-    std::memcpy(buf_ + buffered_, p, fill);
-    for (Lane& l : lanes_) l.stripe(buf_);
-    p += fill;
-    size -= fill;
-    buffered_ = 0;
-  }
-  while (size >= 32) {
-    for (Lane& l : lanes_) l.stripe(p);
-    p += 32;
-    size -= 32;
-  }
-  if (size) std::memcpy(buf_, p, size);
-  buffered_ = size;
+  if (size == 0) return *this;  // data may be null then
+  if (XXH3_128bits_update(xxh3(state_), data, size) != XXH_OK)
+    throw std::logic_error("XXH3_128bits_update failed");
   return *this;
 }
 
@@ -153,7 +77,8 @@ Hasher& Hasher::field(std::string_view s) {
 }
 
 std::array<uint64_t, 2> Hasher::digest() const {
-  return {lanes_[0].finish(buf_, buffered_), lanes_[1].finish(buf_, buffered_)};
+  const XXH128_hash_t h = XXH3_128bits_digest(xxh3(state_));
+  return {h.high64, h.low64};
 }
 
 std::string Hasher::hex() const {
@@ -324,10 +249,32 @@ void pwrite_all(int fd, const void* data, std::size_t size, off_t offset, const 
 
 std::atomic<uint64_t> g_temp_seq{0};
 
-int64_t product(const std::vector<int64_t>& v) {
-  int64_t p = 1;
-  for (int64_t d : v) p *= d;
-  return p;
+// The manifest's format_version. 2: XXH3-128 checksums (libxxhash). 1 (before): XXH64 under
+// two seeds. open() treats any other version as another format: warning, removed, recomputed.
+constexpr int kFormatVersion = 2;
+constexpr const char* kFormatName = "pipe feature cache";
+
+// The rows of an entry: floats per row (product of the feature shape) and the bytes of all
+// count x views rows, or nullopt when a dimension is negative or any product overflows
+// (a manifest can claim any shape; the sizes are computed before anything is allocated).
+struct RowSizes {
+  int64_t row_floats = 0;
+  uint64_t data_bytes = 0;
+};
+std::optional<RowSizes> row_sizes(int64_t count, int64_t views, const std::vector<int64_t>& shape) {
+  if (count < 0 || views < 0) return std::nullopt;
+  RowSizes r;
+  r.row_floats = 1;
+  for (int64_t d : shape)
+    if (d < 0 || __builtin_mul_overflow(r.row_floats, d, &r.row_floats)) return std::nullopt;
+  uint64_t b = 0;
+  if (__builtin_mul_overflow(static_cast<uint64_t>(count), static_cast<uint64_t>(views), &b) ||
+      __builtin_mul_overflow(b, static_cast<uint64_t>(r.row_floats), &b) ||
+      __builtin_mul_overflow(b, uint64_t{sizeof(float)}, &b) ||
+      b > static_cast<uint64_t>(std::numeric_limits<int64_t>::max() / 2))  // off_t, with the header
+    return std::nullopt;
+  r.data_bytes = b;
+  return r;
 }
 
 }  // namespace
@@ -378,8 +325,12 @@ struct FeatureCache::Writer::Impl {
 
   // Creates the temp file once the feature shape is known. Caller holds mu.
   void create_file(std::vector<int64_t> shape) {
+    const std::optional<RowSizes> sizes = row_sizes(count, views, shape);
+    if (!sizes)
+      throw std::invalid_argument(fmt::format("cache {}/{}: {} samples x {} views of features ({}) are too large",
+                                              fingerprint, split, count, views, fmt::join(shape, ", ")));
     feature_shape = std::move(shape);
-    row_floats = product(feature_shape);
+    row_floats = sizes->row_floats;
     shape_fixed = true;
     std::vector<int64_t> full{count, views};
     full.insert(full.end(), feature_shape.begin(), feature_shape.end());
@@ -521,8 +472,8 @@ void FeatureCache::Writer::commit() {
   for (int64_t d : w.feature_shape) shape.push(d);
 
   Json m = Json::object();
-  m.set("format", "pipe feature cache");
-  m.set("format_version", 1);
+  m.set("format", kFormatName);
+  m.set("format_version", kFormatVersion);
   m.set("fingerprint", w.fingerprint);
   m.set("description", w.description);
   m.set("split", w.split);
@@ -534,7 +485,7 @@ void FeatureCache::Writer::commit() {
   m.set("header_bytes", static_cast<int64_t>(w.header_size));
   m.set("bytes", size);
   m.set("checksum", h.hex());
-  m.set("checksum_algorithm", "xxh64x2 (seeds 0, 0x9e3779b97f4a7c15) of the whole .npy file");
+  m.set("checksum_algorithm", "XXH3-128 (xxHash XXH3_128bits, seed 0, high64 then low64) of the whole .npy file");
   m.set("labels", std::move(labels));
   m.set("skipped", std::move(skipped));
   m.set("created", utc_now());
@@ -649,8 +600,32 @@ namespace {
 
 struct Corrupt : std::runtime_error {
   std::string file;
-  Corrupt(std::string f, const std::string& why) : std::runtime_error(why), file(std::move(f)) {}
+  bool other_format = false;  // a manifest of another format_version, not damage
+  Corrupt(std::string f, const std::string& why, bool other = false)
+      : std::runtime_error(why), file(std::move(f)), other_format(other) {}
 };
+
+// Bytes from a hostile file can reach a warning (a yaml-cpp message, a manifest value):
+// anything but printable ASCII is escaped, so that a warning stays one harmless line.
+std::string printable(const std::string& s) {
+  std::string out;
+  for (const char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u >= 0x20 && u < 0x7f) out += c;
+    else out += fmt::format("\\x{:02x}", u);
+  }
+  return out;
+}
+
+// A shape for a warning: a manifest may claim thousands of dimensions.
+std::string brief_shape(const std::vector<int64_t>& shape) {
+  if (shape.size() <= 8) return fmt::format("({})", fmt::join(shape, ", "));
+  return fmt::format("({}, ... {} dimensions)", fmt::join(shape.begin(), shape.begin() + 4, ", "), shape.size());
+}
+
+bool lower_hex(const std::string& s, std::size_t digits) {
+  return s.size() == digits && s.find_first_not_of("0123456789abcdef") == std::string::npos;
+}
 
 }  // namespace
 
@@ -663,6 +638,8 @@ std::shared_ptr<const FeatureCache::Entry> FeatureCache::open(const std::string&
   if (::stat(manifest.c_str(), &st) != 0) return nullptr;  // missing (or being replaced)
 
   try {
+    // Not a regular file (a FIFO would block the read, a directory cannot be parsed).
+    if (!S_ISREG(st.st_mode)) throw Corrupt(manifest, "not a regular file");
     YAML::Node m;
     try {
       m = YAML::LoadFile(manifest);
@@ -674,6 +651,15 @@ std::shared_ptr<const FeatureCache::Entry> FeatureCache::open(const std::string&
     std::string checksum;
     try {
       if (!m.IsMap()) throw std::runtime_error("not a JSON object");
+      // The format first: a manifest of another version may differ in any other field.
+      if (!m["format"].IsScalar() || m["format"].as<std::string>() != kFormatName)
+        throw std::runtime_error(fmt::format("format is not \"{}\"", kFormatName));
+      const int version = m["format_version"].as<int>();
+      if (version != kFormatVersion)
+        throw Corrupt(manifest,
+                      fmt::format("format_version {}, this pipe reads {}{}", version, kFormatVersion,
+                                  version < kFormatVersion ? ": written by an older pipe" : ""),
+                      true);
       if (m["fingerprint"].as<std::string>() != fingerprint)
         throw std::runtime_error("fingerprint does not match its directory");
       if (m["split"].as<std::string>() != split)
@@ -688,6 +674,8 @@ std::shared_ptr<const FeatureCache::Entry> FeatureCache::open(const std::string&
       e->labels_ = m["labels"].as<std::vector<int>>();
       for (const YAML::Node& s : m["skipped"])
         e->skips_.push_back({s["id"].as<int64_t>(), s["reason"].as<std::string>()});
+    } catch (const Corrupt&) {
+      throw;
     } catch (const std::exception& ex) {
       throw Corrupt(manifest, fmt::format("bad manifest: {}", ex.what()));
     }
@@ -695,29 +683,46 @@ std::shared_ptr<const FeatureCache::Entry> FeatureCache::open(const std::string&
       throw Corrupt(manifest, "bad manifest: count, views and labels disagree");
     for (int64_t d : e->feature_shape_)
       if (d < 0) throw Corrupt(manifest, "bad manifest: negative feature dimension");
+    if (!lower_hex(checksum, 32)) throw Corrupt(manifest, "bad manifest: checksum is not 32 hex digits");
     e->skip_index_.assign(static_cast<std::size_t>(e->count_), -1);
     std::sort(e->skips_.begin(), e->skips_.end(),
               [](const CacheSkip& a, const CacheSkip& b) { return a.id < b.id; });
     for (std::size_t i = 0; i < e->skips_.size(); ++i) {
       const int64_t id = e->skips_[i].id;
       if (id < 0 || id >= e->count_) throw Corrupt(manifest, "bad manifest: skipped id out of range");
+      if (e->skip_index_[static_cast<std::size_t>(id)] >= 0)
+        throw Corrupt(manifest, "bad manifest: skipped id listed twice");
       e->skip_index_[static_cast<std::size_t>(id)] = static_cast<int32_t>(i);
     }
 
+    // Sizes first, overflow-checked: the shape is the manifest's claim, and the file must
+    // hold every row it implies.
+    const std::optional<RowSizes> sizes = row_sizes(e->count_, e->views_, e->feature_shape_);
+    if (!sizes)
+      throw Corrupt(manifest, fmt::format("bad manifest: {} samples x {} views of features {} overflow",
+                                          e->count_, e->views_, brief_shape(e->feature_shape_)));
+    e->row_floats_ = sizes->row_floats;
     std::vector<int64_t> full{e->count_, e->views_};
     full.insert(full.end(), e->feature_shape_.begin(), e->feature_shape_.end());
-    const std::string header = npy_header(full);
-    e->row_floats_ = product(e->feature_shape_);
-    const uint64_t expected =
-        header.size() + static_cast<uint64_t>(e->count_) * static_cast<uint64_t>(e->views_) *
-                            static_cast<uint64_t>(e->row_floats_) * sizeof(float);
+    std::string header;
+    try {
+      header = npy_header(full);
+    } catch (const std::exception& ex) {
+      throw Corrupt(manifest, fmt::format("bad manifest: {}", ex.what()));  // too many dimensions
+    }
+    const uint64_t expected = header.size() + sizes->data_bytes;
     if (expected != bytes)
       throw Corrupt(manifest, fmt::format("bad manifest: shape needs {} bytes, manifest says {}",
                                           expected, bytes));
 
-    const int fd = ::open(npy.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: a FIFO in place of the data file must not block the open.
+    const int fd = ::open(npy.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) throw Corrupt(npy, fmt::format("cannot open: {}", std::strerror(errno)));
-    if (::fstat(fd, &st) != 0 || static_cast<uint64_t>(st.st_size) != bytes) {
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+      ::close(fd);
+      throw Corrupt(npy, "not a regular file");
+    }
+    if (static_cast<uint64_t>(st.st_size) != bytes) {
       const uint64_t actual = static_cast<uint64_t>(st.st_size);
       ::close(fd);
       throw Corrupt(npy, fmt::format("{} bytes, manifest says {}", actual, bytes));
@@ -752,11 +757,17 @@ std::shared_ptr<const FeatureCache::Entry> FeatureCache::open(const std::string&
     e->mapping_ = std::move(mapping);
     return e;
   } catch (const Corrupt& c) {
-    std::fprintf(stderr, "pipe: warning: cache file %s is corrupt (%s); removing the entry, "
-                 "it will be recomputed\n", c.file.c_str(), c.what());
+    std::fprintf(stderr, "pipe: warning: cache file %s %s (%s); removing the entry, "
+                 "it will be recomputed\n", c.file.c_str(),
+                 c.other_format ? "is in another cache format" : "is corrupt", printable(c.what()).c_str());
     std::fflush(stderr);
     // Remove only when no writer holds the lock (a writer is about to replace the files).
-    const int lock = acquire_lock(entry_dir(fingerprint) + "/" + split + ".lock", false);
+    // A lock file that cannot be opened (a read-only cache) leaves the files alone too.
+    int lock = -1;
+    try {
+      lock = acquire_lock(entry_dir(fingerprint) + "/" + split + ".lock", false);
+    } catch (const std::exception&) {
+    }
     if (lock >= 0) {
       ::unlink(manifest.c_str());
       ::unlink(npy.c_str());

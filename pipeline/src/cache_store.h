@@ -33,10 +33,13 @@
 // `pipe cache rm` while a run writes the same entry is not guarded against (the run's
 // commit then recreates it).
 //
-// Hash: 128 bits = XXH64 (Yann Collet's xxHash, 64-bit variant) of the same bytes under two
-// seeds (0 and 0x9E3779B97F4A7C15), printed as 32 lowercase hex digits. Fast (GB/s), stable
-// across platforms and runs; not cryptographic — it guards against accidental change and
+// Hash: XXH3-128 (Yann Collet's xxHash, 128-bit XXH3 variant, default secret, seed 0;
+// Debian's libxxhash, xxhash.h 0.8.1), streamed through an XXH3_state_t and printed as 32
+// lowercase hex digits, high 64 bits first (xxHash's canonical form). Fast (GB/s), stable
+// across platforms and runs; not cryptographic: it guards against accidental change and
 // collision between honest keys, not against an adversary. The .npy checksum uses it too.
+// Entries written by the previous hash (XXH64 under two seeds, manifest format_version 1)
+// are rejected by open() as another format and recomputed.
 #pragma once
 
 #include <array>
@@ -71,15 +74,10 @@ class Hasher {
   std::string hex() const;                 // 32 lowercase hex digits
 
  private:
-  struct Lane {
-    uint64_t seed = 0, v[4] = {0, 0, 0, 0}, total = 0;
-    void reset(uint64_t s);
-    void stripe(const unsigned char* p);
-    uint64_t finish(const unsigned char* tail, std::size_t tail_size) const;
-  };
-  Lane lanes_[2];
-  unsigned char buf_[32];
-  std::size_t buffered_ = 0;
+  // An XXH3_state_t (xxhash.h with XXH_STATIC_LINKING_ONLY), kept inline so that this header
+  // does not need xxhash.h and a Hasher stays a copyable value (a copy of the state is what
+  // XXH3_copyState makes). cache_store.cpp checks the size and alignment.
+  alignas(64) unsigned char state_[576] = {};
 };
 
 std::string hash_hex(std::string_view bytes);
@@ -128,10 +126,12 @@ class FeatureCache {
   std::optional<Writer> try_begin(const std::string& fingerprint, const std::string& split,
                                   int64_t count, int views, const std::string& description);
 
-  // The complete entry, or nullptr when there is none. Verifies the manifest, the file size,
-  // the npy header and the checksum; on any mismatch prints one warning line naming the
-  // file to stderr, removes the entry's files (unless a writer holds the lock: it is about
-  // to replace them) and returns nullptr, so that the caller recomputes.
+  // The complete entry, or nullptr when there is none. Verifies the manifest (its format and
+  // format_version first: an entry of another version is not read), that the sizes it claims
+  // fit in 64 bits, the file size, the npy header and the checksum; on any mismatch (or a
+  // file that is not a regular file) prints one warning line naming the file to stderr,
+  // removes the entry's files (unless a writer holds the lock: it is about to replace them,
+  // or the lock file cannot be opened) and returns nullptr, so that the caller recomputes.
   std::shared_ptr<const Entry> open(const std::string& fingerprint,
                                     const std::string& split) const;
 

@@ -1,4 +1,4 @@
-// The two fuzz entry points, shared by the libFuzzer binaries (tests/fuzz/CMakeLists.txt,
+// The fuzz entry points, shared by the libFuzzer binaries (tests/fuzz/CMakeLists.txt,
 // clang, no LibTorch) and by test_fuzz_regressions (the normal GCC build, also run under
 // ASan+UBSan), so that every committed crash input is replayed by the same code.
 #pragma once
@@ -22,6 +22,25 @@ void graph_one(const Registry& registry, const uint8_t* data, size_t size);
 // gigabytes, so libFuzzer's -rss_limit_mb/-malloc_limit_mb catch a bypass of it.
 constexpr int64_t kMaxPixels = 1 << 22;
 void decode_one(const Registry& registry, const uint8_t* data, size_t size);
+
+// A hostile cache directory -> FeatureCache::open() -> everything the entry claims to hold.
+// The input is a manifest followed by a .npy file, split at the first "\x93NUMPY" (the npy
+// magic, which starts the .npy part; without one there is no .npy file). Both are written
+// as <temp cache dir>/<kCacheFingerprint>/<kCacheSplit>.{json,npy}. In the manifest, every
+// kCacheChecksumSlot is first replaced by the checksum of the .npy bytes and every
+// kCacheBytesSlot by their count, so that mutated files can pass those checks and reach the
+// shape and row handling behind them.
+// open() must either return nullptr after exactly one warning line naming a file of the
+// entry (the files then removed), or return an entry and print nothing; then every label,
+// skip and row it claims is read, and each row must be the bytes at its place in the file.
+// Documented refusals (std::out_of_range, std::logic_error for a skipped id) are probed;
+// anything else (a crash, an escaping exception, UB, a leak, a huge allocation) is a
+// finding. Returns whether open() returned an entry.
+constexpr const char* kCacheFingerprint = "fuzz0123456789abcdef0123456789ab";
+constexpr const char* kCacheSplit = "train";
+constexpr const char* kCacheChecksumSlot = "@checksum@";
+constexpr const char* kCacheBytesSlot = "@bytes@";
+bool cache_one(const uint8_t* data, size_t size);
 
 // The registry the fuzz binaries validate against: every built-in stage's real schema;
 // the LibTorch stages' factories (never called by validation) throw. Defined in
