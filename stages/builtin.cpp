@@ -8,7 +8,9 @@ void register_builtin_stages(Registry& r) {
   stages::register_decode(r);
   stages::register_augment(r);
   stages::register_convbase(r);
-  stages::register_cache(r);
+  stages::register_resize(r);
+  stages::register_concat(r);
+  stages::register_preview(r);
   stages::register_dense_head(r);
   stages::register_train_base(r);
 }

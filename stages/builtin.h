@@ -10,7 +10,9 @@ void register_folder(Registry& r);
 void register_decode(Registry& r);
 void register_augment(Registry& r);
 void register_convbase(Registry& r);
-void register_cache(Registry& r);
+void register_resize(Registry& r);
+void register_concat(Registry& r);
+void register_preview(Registry& r);
 void register_dense_head(Registry& r);
 void register_train_base(Registry& r);
 }  // namespace pipeline::stages

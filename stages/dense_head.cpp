@@ -14,7 +14,8 @@
 // with it every loss, is the same in every run with the same seed, whatever the thread
 // count; and no other stage drawing from LibTorch's global generator can perturb it.
 // mark_best() keeps an in-memory copy of the weights, restore_best() puts it back;
-// save(dir) writes dir/head.pt (torch::save of the head module: fc1.*, fc2.*).
+// save(dir) writes dir/<node>.pt (torch::save of the head module: fc1.*, fc2.*): head.pt for a
+// node named head, one file per head in a graph with several.
 // Params:
 //   hidden: N (256),  dropout: p in [0, 1) (0.5),  optimizer: rmsprop|adam|sgd (rmsprop),
 //   lr (1e-4),  weight_decay (0),  momentum (0, sgd only)
@@ -143,7 +144,7 @@ class DenseHead : public SinkStage {
     if (head_ && !best_.empty()) torchu::restore(*head_, best_);
   }
   void save(const std::string& dir) override {
-    if (head_ && !dir.empty()) torchu::save_file(head_, dir + "/head.pt");
+    if (head_ && !dir.empty()) torchu::save_file(head_, dir + "/" + node_ + ".pt");
   }
 
   bool can_resume() const override { return true; }

@@ -72,7 +72,7 @@ StageSchema dense_head_schema() {
   s.name = "dense_head";
   s.doc = "Trainable classifier on frozen features: Flatten -> Dense(hidden, ReLU) -> Dropout -> "
           "Dense(1)+sigmoid for 2 classes, Dense(C)+softmax otherwise. Trains on the train "
-          "split (one optimizer step per batch), evaluates on validation/test; writes head.pt.";
+          "split (one optimizer step per batch), evaluates on validation/test; writes <node>.pt (head.pt for a node named head).";
   s.kind = StageKind::sink;
   s.concurrency = Concurrency::serial;  // one model, optimizer steps in batch order
   s.consumes = Payload::features;

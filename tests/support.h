@@ -123,6 +123,16 @@ class RecordSink : public SinkStage {
 
 class TestCache : public Stage {};
 
+// A join: the sum of its inputs' features.
+class SumJoin : public JoinStage {
+ public:
+  void process(std::vector<Sample>& inputs, Sample& out) override {
+    float v = 0;
+    for (const Sample& s : inputs) v += s.features.ptr()[0];
+    out.features = Tensor::copy_of(&v, {1});
+  }
+};
+
 inline ParamSpec int_param(const char* name, int64_t def, const char* doc = "test parameter") {
   return {name, ParamType::integer, doc, ParamValue{def}, 0, 1e9, {}, -1};
 }
@@ -171,6 +181,12 @@ inline void register_test_stages() {
   bytes.produces = Payload::features;
   r.add(bytes, [](const Params&, const StageContext&) -> std::unique_ptr<Stage> { return nullptr; });
 
+  StageSchema sum;
+  sum.name = "t_sum";
+  sum.kind = StageKind::join;
+  sum.consumes = sum.produces = Payload::features;
+  r.add(sum, [](const Params&, const StageContext&) { return std::make_unique<SumJoin>(); });
+
   StageSchema sink;
   sink.name = "t_sink";
   sink.kind = StageKind::sink;
@@ -178,6 +194,10 @@ inline void register_test_stages() {
   sink.consumes = Payload::features;
   sink.param(int_param("sleep_us", 0));
   r.add(sink, [](const Params& p, const StageContext&) { return std::make_unique<RecordSink>(p); });
+  StageSchema train_sink = sink;
+  train_sink.name = "t_train_sink";
+  train_sink.train_only = true;
+  r.add(train_sink, [](const Params& p, const StageContext&) { return std::make_unique<RecordSink>(p); });
   r.set_origin("built-in");
 }
 

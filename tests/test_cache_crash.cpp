@@ -263,8 +263,8 @@ TEST_CASE("a full disk fails the run naming the cache file and the reason and lo
       uint64_t bytes;
       std::string file;
     };
-    const std::vector<Case> cases = tmpfs ? std::vector<Case>{{4096, "metrics.jsonl"}, {65536, "checkpoint.tmp/head.pt"}}
-                                          : std::vector<Case>{{65536, "checkpoint.tmp/head.pt"}};
+    const std::vector<Case> cases = tmpfs ? std::vector<Case>{{4096, "metrics.jsonl"}, {65536, "checkpoint.tmp/head/head.pt"}}
+                                          : std::vector<Case>{{65536, "checkpoint.tmp/head/head.pt"}};
     for (const Case& k : cases) {
       INFO(k.file);
       if (tmpfs) REQUIRE(::mount("tmpfs", outdisk.c_str(), "tmpfs", 0, fmt::format("size={}", k.bytes).c_str()) == 0);

@@ -92,12 +92,12 @@ TEST_CASE("validation errors name file, line and column") {
   }
   SECTION("disconnected node") {
     CHECK(errors("data: {source: t_count}\nnodes:\n  a: {stage: t_map}\n  lost: {stage: t_map}\n  s: {stage: t_sink}\nedges: [a -> s]\n") ==
-          V{"g.yaml:4:3: error: node 'lost' is not connected to the graph's chain (starting at 'a')"});
+          V{"g.yaml:4:3: error: node 'lost' is on no edge: it is not connected to the graph"});
   }
   SECTION("kinds in an impossible order") {
     CHECK(errors("data: {source: t_count}\nnodes:\n  a: {stage: t_map}\n  s: {stage: t_sink}\nedges: [s -> a]\n") ==
-          V{"g.yaml:5:9: error: sink 's' (t_sink) must be the last node, but it feeds 'a'",
-            "g.yaml:3:3: error: the chain ends at 'a' (t_map), which is not a sink: a graph needs a head or another sink at its end"});
+          V{"g.yaml:5:9: error: sink 's' (t_sink) must end its branch, but it feeds 'a'",
+            "g.yaml:3:3: error: the branch ends at 'a' (t_map), which is not a sink: every branch needs a head or another sink at its end"});
     CHECK(errors("data: {source: t_count}\nnodes:\n  a: {stage: t_needs_image}\n  s: {stage: t_sink}\nedges: [a -> s]\n") ==
           V{"g.yaml:5:9: error: node 'a' (t_needs_image) consumes image but receives features from the source"});
   }
@@ -116,6 +116,56 @@ TEST_CASE("validation errors name file, line and column") {
     CHECK(errors("data: {source: t_count}\nnodes:\n  s: {stage: t_sink}\nedges: [s]\ntrain: {epochs: 0, batch: x}\n") ==
           V{"g.yaml:5:17: error: parameter 'epochs' in 'train' is 0, out of range [1, 100000]",
             "g.yaml:5:27: error: parameter 'batch' in 'train' must be integer, got 'x'"});
+  }
+}
+
+TEST_CASE("graphs are DAGs: fan-out and fan-in resolve, and their mistakes are diagnosed") {
+  test::register_test_stages();
+  SECTION("fan-out and fan-in in topological order, inputs in edge order") {
+    Diagnostics diag("g.yaml");
+    const GraphSpec g = parse_graph(
+        "data: {source: t_count}\nnodes:\n  s2: {stage: t_sink}\n  j: {stage: t_sum}\n  s: {stage: t_sink}\n"
+        "  b: {stage: t_batch}\n  a: {stage: t_map}\nedges: [b -> j, a -> j, j -> s, a -> s2]\n",
+        "g.yaml", {}, Registry::global(), diag);
+    REQUIRE(diag.ok());
+    std::vector<std::string> names;
+    for (const NodeSpec& n : g.nodes) names.push_back(n.name);
+    CHECK(names == std::vector<std::string>{"b", "a", "s2", "j", "s"});
+    CHECK(g.find("j")->inputs == std::vector<int>{0, 1});  // b first: the edge order
+    CHECK(g.find("s2")->inputs == std::vector<int>{1});
+    CHECK(g.find("s")->inputs == std::vector<int>{3});
+    CHECK(g.find("a")->inputs.empty());
+    CHECK_FALSE(g.is_chain());
+    CHECK(g.resolved["edges"].size() == 4);
+  }
+  SECTION("fan-in into a stage that takes one input") {
+    CHECK(errors("data: {source: t_count}\nnodes:\n  a: {stage: t_map}\n  b: {stage: t_batch}\n  s: {stage: t_sink}\n"
+                 "edges: [a -> s, b -> s]\n") ==
+          V{"g.yaml:6:22: error: node 's' (t_sink) takes one input but is fed by 'a' and 'b'; join them first (e.g. a "
+            "'concat' node)"});
+  }
+  SECTION("a join fed once") {
+    CHECK(errors("data: {source: t_count}\nnodes:\n  a: {stage: t_map}\n  j: {stage: t_sum}\n  s: {stage: t_sink}\n"
+                 "edges: [a -> j -> s]\n") ==
+          V{"g.yaml:6:14: error: node 'j' (t_sum) joins several inputs but is fed by 'a' only"});
+  }
+  SECTION("a node fed twice by one edge, a node on no edge and a bad parameter: all at once") {
+    CHECK(errors("data: {source: t_count}\nnodes:\n  a: {stage: t_map, amp: 20}\n  lost: {stage: t_map}\n"
+                 "  s: {stage: t_sink}\nedges: [a -> s, a -> s]\n") ==
+          V{"g.yaml:3:26: error: parameter 'amp' of stage 't_map' is 20, out of range [0, 10]",
+            "g.yaml:6:22: error: edge 'a -> s' is listed twice: 's' would receive every sample twice",
+            "g.yaml:4:3: error: node 'lost' is on no edge: it is not connected to the graph"});
+  }
+  SECTION("a random stage on one branch upstream of a plain cache") {
+    CHECK(errors("data: {source: t_count}\nnodes:\n  r: {stage: t_noise}\n  b: {stage: t_batch}\n  j: {stage: t_sum}\n"
+                 "  c: {stage: cache}\n  s: {stage: t_sink}\nedges: [r -> j, b -> j, j -> c -> s]\n") ==
+          V{"g.yaml:8:30: error: cache 'c' keeps no views but random stage 'r' (t_noise) runs upstream: it would "
+            "freeze one augmented view forever; set 'views: K' on the cache or move it before 'r'"});
+  }
+  SECTION("a cycle through a join") {
+    CHECK(errors("data: {source: t_count}\nnodes:\n  a: {stage: t_map}\n  j: {stage: t_sum}\n  s: {stage: t_sink}\n"
+                 "edges: [a -> j -> s, j -> a]\n") ==
+          V{"g.yaml:6:14: error: cycle: 'a' -> 'j' leads back to 'a'"});
   }
 }
 

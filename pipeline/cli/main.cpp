@@ -76,15 +76,23 @@ std::optional<GraphSpec> load_valid(const std::string& path, const Common& c) {
   return spec;
 }
 
-void print_table(const RunResult& r) {
-  std::printf("\n%-14s %s\n", "run", r.out_dir.c_str());
+void print_sink(const SinkResult& r, const std::string& prefix) {
   if (!r.epochs.empty()) {
     const EpochMetrics& m = r.epochs.back();
-    std::printf("%-14s %.4f\n", "train_acc", m.train.accuracy);
-    std::printf("%-14s %.4f\n", "val_acc", m.validation.accuracy);
+    std::printf("%-14s %.4f\n", (prefix + "train_acc").c_str(), m.train.accuracy);
+    std::printf("%-14s %.4f\n", (prefix + "val_acc").c_str(), m.validation.accuracy);
   }
-  if (r.best_val_acc >= 0) std::printf("%-14s %.4f (epoch %d)\n", "best_val_acc", r.best_val_acc, r.best_epoch);
-  if (r.test.count > 0) std::printf("%-14s %.4f (%lld images)\n", "test_acc", r.test.accuracy, static_cast<long long>(r.test.count));
+  if (r.best_val_acc >= 0) std::printf("%-14s %.4f (epoch %d)\n", (prefix + "best_val_acc").c_str(), r.best_val_acc, r.best_epoch);
+  if (r.test.count > 0)
+    std::printf("%-14s %.4f (%lld images)\n", (prefix + "test_acc").c_str(), r.test.accuracy, static_cast<long long>(r.test.count));
+}
+
+void print_table(const RunResult& r) {
+  std::printf("\n%-14s %s\n", "run", r.out_dir.c_str());
+  int reporting = 0;
+  for (const SinkResult& s : r.sinks) reporting += s.reports;
+  for (const SinkResult& s : r.sinks)
+    if (s.reports) print_sink(s, reporting > 1 ? s.name + "." : "");
   std::printf("%-14s %.1f s\n", "seconds", r.seconds);
   std::printf("%-14s %.1f s\n", "extraction", r.extraction_seconds);
   std::printf("%-14s %lld hits, %lld misses\n", "cache", static_cast<long long>(r.cache_hits),
@@ -135,6 +143,11 @@ int main(int argc, char** argv) {
   stages->add_flag("--markdown", markdown, "Write the reference in Markdown (docs/stages.md)");
   stages->add_option("--plugin", common.plugins, "Load a plugin; repeatable")->type_name("PATH");
 
+  auto* plan = app.add_subcommand("plan", "Print the ops each pass will run, what the cache serves, and each cache key");
+  plan->add_option("graph", graph, "Graph YAML file")->required();
+  plan->add_option("--set", common.sets, "Override a value (repeatable)")->type_name("KEY=VALUE");
+  plan->add_option("--plugin", common.plugins, "Load a plugin; repeatable")->type_name("PATH");
+
   auto* dot = app.add_subcommand("graph", "Print the resolved graph in Graphviz DOT");
   dot->add_option("graph", graph, "Graph YAML file")->required();
   dot->add_option("--set", common.sets, "Override a value (repeatable)")->type_name("KEY=VALUE");
@@ -172,11 +185,13 @@ int main(int argc, char** argv) {
       auto spec = load_valid(graph, common);
       if (!spec) return 2;
       std::printf("%s: ok (%zu nodes: %s)\n", graph.c_str(), spec->nodes.size(),
-                  fmt::format("{}", fmt::join([&] {
-                    std::vector<std::string> v;
-                    for (const auto& n : spec->nodes) v.push_back(n.name);
-                    return v;
-                  }(), " -> ")).c_str());
+                  fmt::format("{}", fmt::join(spec->resolved["edges"].as<std::vector<std::string>>(), ", ")).c_str());
+      return 0;
+    }
+    if (*plan) {
+      auto spec = load_valid(graph, common);
+      if (!spec) return 2;
+      std::fputs(explain_plan(*spec).c_str(), stdout);
       return 0;
     }
     if (*dot) {

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <exception>
+#include <map>
+#include <set>
+#include <unordered_map>
 
 #include <fmt/format.h>
 #include <oneapi/tbb/flow_graph.h>
@@ -18,24 +21,13 @@ int64_t now_ns() {
       .count();
 }
 
-// What travels on the graph's edges: small and cheap to copy (TBB copies messages).
-struct Msg {
-  int64_t seq = 0;
-  std::shared_ptr<Sample> sample;
-  std::shared_ptr<SkippedSample> skipped;  // set once a stage rejected the sample
-  NodeProfile* from = nullptr;             // the node that produced this message
-  int64_t t_out = 0;                       // when it did
-};
-
 std::string sample_name(const Sample& s) { return s.origin.empty() ? s.describe() : s.origin; }
 
 // Per-node profile accounting around a stage call.
 struct Timed {
   NodeProfile& p;
   int64_t t0 = now_ns();
-  explicit Timed(NodeProfile& prof, const Msg* in = nullptr) : p(prof) {
-    if (in && in->from) in->from->blocked_ns += t0 - in->t_out;
-  }
+  explicit Timed(NodeProfile& prof) : p(prof) {}
   int64_t done(int64_t items = 1) {
     const int64_t t1 = now_ns();
     p.busy_ns += t1 - t0;
@@ -73,101 +65,321 @@ NodeError::NodeError(std::string node_, std::string sample_, const std::string& 
 
 namespace {
 
-// The serial, ordered part of a pass: everything from the first batching node on.
-class Tail {
+// The pass's ops with their edges resolved: who feeds whom, and which ops run per sample in
+// the parallel region rather than in the serial tail.
+struct Topology {
+  std::vector<std::vector<int>> inputs;                     // per op; -1: the feed
+  std::vector<std::vector<std::pair<int, int>>> consumers;  // per producer + 1 (0: the feed): (op, port)
+  std::vector<char> region;
+  int terminals = 0;  // ops nothing consumes (sinks; a cache write ending an extraction pass; a benchmark's base)
+  int64_t held = 0;  // samples the tail may hold in partial batches
+
+  const std::vector<std::pair<int, int>>& out(int producer) const {
+    return consumers[static_cast<size_t>(producer + 1)];
+  }
+};
+
+bool per_sample(const PassNode& n) {
+  return n.kind == StageKind::map || n.kind == StageKind::cache || n.kind == StageKind::join;
+}
+
+Topology resolve(const PassSpec& pass) {
+  Topology t;
+  const int n = static_cast<int>(pass.nodes.size());
+  t.inputs.resize(static_cast<size_t>(n));
+  t.consumers.resize(static_cast<size_t>(n + 1));
+  t.region.assign(static_cast<size_t>(n), 0);
+  for (int i = 0; i < n; ++i) {
+    const PassNode& op = pass.nodes[static_cast<size_t>(i)];
+    std::vector<int> ins = op.inputs.empty() ? std::vector<int>{i - 1} : op.inputs;
+    if (op.kind == StageKind::source) throw std::logic_error("a source inside a pass");
+    if ((op.kind == StageKind::join) != (ins.size() > 1))
+      throw std::logic_error(fmt::format("op '{}' has {} inputs", op.name, ins.size()));
+    bool in_region = per_sample(op);
+    for (size_t port = 0; port < ins.size(); ++port) {
+      const int in = ins[port];
+      if (in < -1 || in >= i) throw std::logic_error(fmt::format("op '{}' takes op {} as input: not before it", op.name, in));
+      t.consumers[static_cast<size_t>(in + 1)].push_back({i, static_cast<int>(port)});
+      in_region = in_region && (in == -1 || t.region[static_cast<size_t>(in)]);
+    }
+    t.region[static_cast<size_t>(i)] = in_region;
+    t.inputs[static_cast<size_t>(i)] = std::move(ins);
+    if (op.kind == StageKind::sink) t.held += pass.sink_batch;
+    if (op.kind == StageKind::batch_map) t.held += static_cast<BatchStage*>(op.impl)->batch_size();
+  }
+  for (int i = 0; i < n; ++i) t.terminals += t.out(i).empty();
+  if (t.terminals == 0) throw std::logic_error("a pass with no end");
+  return t;
+}
+
+// A copy of a sample for one more consumer. Copies of a cv::Mat share pixels, and a stage may
+// draw on its image in place: every branch gets pixels of its own.
+Sample branch_copy(const Sample& s) {
+  Sample c = s;
+  if (!s.image.empty()) c.image = s.image.clone();
+  return c;
+}
+
+// The one place the error policy is applied: runs `body` for `op` on `s`. A SampleError
+// skips the sample under on_error: skip (returns false, *skipped says why) and fails the
+// pass otherwise; any other exception fails the pass. Both name node and sample.
+template <typename F>
+bool guarded(const PassSpec& pass, const PassNode& op, const Sample& s, F&& body,
+             std::shared_ptr<SkippedSample>* skipped) {
+  try {
+    body();
+    return true;
+  } catch (const SampleError& e) {
+    const bool replayed = !e.node().empty() && e.node() != op.name;
+    const std::string node = replayed ? e.node() : op.name;
+    if (!pass.skip_bad) throw NodeError(node, s.describe(), e.what(), replayed ? "" : op.context);
+    *skipped = std::make_shared<SkippedSample>(SkippedSample{s.id, sample_name(s), e.what(), node, s.split});
+    return false;
+  } catch (const NodeError&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw NodeError(op.name, s.describe(), e.what(), op.context);
+  }
+}
+
+void apply_map(const PassSpec& pass, const PassNode& op, Sample& s) {
+  if (op.fn) return op.fn(s);
+  if (op.kind == StageKind::cache) {
+    if (op.write) op.write(s);
+    return;
+  }
+  Rng rng = Rng::for_sample(pass.seed, op.name, s.epoch, s.id, s.view);
+  static_cast<MapStage*>(op.impl)->process(s, rng);
+}
+
+Sample apply_join(const PassNode& op, std::vector<Sample>& ins) {
+  Sample out;
+  const Sample& first = ins.front();
+  out.id = first.id;
+  out.label = first.label;
+  out.split = first.split;
+  out.epoch = first.epoch;
+  out.view = first.view;
+  out.origin = first.origin;
+  static_cast<JoinStage*>(op.impl)->process(ins, out);
+  return out;
+}
+
+// One sample's values on its way through the region: per producer (index 0: the feed), and
+// how many consumers have yet to take each (the last one takes it without a copy).
+struct Bundle {
+  int64_t seq = 0;
+  std::vector<Sample> values;
+  std::vector<int> uses;
+  std::shared_ptr<SkippedSample> skipped;
+  NodeProfile* from = nullptr;  // the op that finished last, for blocked-time accounting
+  int64_t t_out = 0;
+
+  Sample take(int producer) {
+    const size_t k = static_cast<size_t>(producer + 1);
+    return --uses[k] == 0 ? std::move(values[k]) : branch_copy(values[k]);
+  }
+};
+
+// The per-sample region: evaluates its ops in order for one sample. Called concurrently for
+// different samples; serial ops are serialized by their own mutex.
+class Region {
  public:
-  Tail(const PassSpec& pass, std::vector<const PassNode*> ops, std::vector<NodeProfile*> profs,
-       std::function<void()> release)
-      : pass_(pass), ops_(std::move(ops)), profs_(std::move(profs)), bufs_(ops_.size()),
-        release_(std::move(release)) {}
-
-  void push(Sample&& s) { push_at(0, std::move(s)); }
-
-  void skip(SkippedSample&& sk) {
-    result.skipped.push_back(std::move(sk));
-    retire(1);
+  Region(const PassSpec& pass, const Topology& t, Profile& profile, NodeProfile& load_prof)
+      : pass_(pass), t_(t), load_prof_(load_prof), locks_(pass.nodes.size()) {
+    for (size_t i = 0; i < pass.nodes.size(); ++i) {
+      const PassNode& n = pass.nodes[i];
+      profs_.push_back(&profile.node(n.name, n.stage));
+      if (t.region[i] && n.concurrency == Concurrency::serial && !n.fn) locks_[i] = std::make_unique<std::mutex>();
+    }
+    for (const auto& c : t.consumers) uses_.push_back(static_cast<int>(c.size()));
+    load_op_.name = pass.load_name;
+    load_op_.fn = pass.load;
   }
 
-  // End of pass: drain partial batches in chain order.
-  void flush() {
-    for (size_t i = 0; i < ops_.size(); ++i) {
-      if (bufs_[i].empty()) continue;
-      std::vector<Sample> rest;
-      rest.swap(bufs_[i]);
-      run_batch(i, std::move(rest));
+  // True when every region op is a memory read: running inline beats thread hand-offs.
+  bool cheap() const {
+    if (pass_.load && !pass_.cheap_load) return false;
+    for (size_t i = 0; i < pass_.nodes.size(); ++i)
+      if (t_.region[i] && !pass_.nodes[i].cheap) return false;
+    return true;
+  }
+
+  void run(Bundle& b, Sample&& fed) const {
+    b.values.resize(pass_.nodes.size() + 1);
+    b.uses = uses_;
+    if (pass_.load) {
+      Timed t(load_prof_);
+      const bool ok = guarded(pass_, load_op_, fed, [&] { pass_.load(fed); }, &b.skipped);
+      finish(b, load_prof_, t.done());
+      if (!ok) return;
     }
+    b.values[0] = std::move(fed);
+    for (size_t i = 0; i < pass_.nodes.size(); ++i) {
+      if (!t_.region[i]) continue;
+      const PassNode& op = pass_.nodes[i];
+      Sample s;
+      std::vector<Sample> ins;
+      if (op.kind == StageKind::join)
+        for (int in : t_.inputs[i]) ins.push_back(b.take(in));
+      else
+        s = b.take(t_.inputs[i][0]);
+      std::unique_lock<std::mutex> lock;
+      if (locks_[i]) lock = std::unique_lock<std::mutex>(*locks_[i]);
+      Timed t(*profs_[i]);
+      const Sample& ref = op.kind == StageKind::join ? ins.front() : s;
+      const bool ok = guarded(pass_, op, ref, [&] {
+        if (op.kind == StageKind::join) s = apply_join(op, ins);
+        else apply_map(pass_, op, s);
+      }, &b.skipped);
+      finish(b, *profs_[i], t.done());
+      if (!ok) return;
+      b.values[i + 1] = std::move(s);
+    }
+  }
+
+ private:
+  static void finish(Bundle& b, NodeProfile& p, int64_t t) {
+    b.from = &p;
+    b.t_out = t;
+  }
+
+  const PassSpec& pass_;
+  const Topology& t_;
+  NodeProfile& load_prof_;
+  PassNode load_op_;
+  std::vector<NodeProfile*> profs_;
+  std::vector<std::unique_ptr<std::mutex>> locks_;
+  std::vector<int> uses_;
+};
+
+// The serial, ordered part of a pass: batch ops, sinks and everything after a batch op.
+// Receives bundles in feed order; a sample's token is released once every op that ends a
+// branch (a sink, or the cache write of an extraction pass) took it.
+class Tail {
+ public:
+  Tail(const PassSpec& pass, const Topology& t, Profile& profile, std::function<void()> release)
+      : pass_(pass), t_(t), bufs_(pass.nodes.size()), joins_(pass.nodes.size()), release_(std::move(release)) {
+    for (const PassNode& n : pass.nodes) profs_.push_back(&profile.node(n.name, n.stage));
+  }
+
+  void push(Bundle&& b) {
+    if (b.skipped) record(b.seq, b.skipped);
+    for (size_t i = 0; i < pass_.nodes.size(); ++i) {
+      if (t_.region[i] && t_.out(static_cast<int>(i)).empty()) retire(b.seq);  // ended in the region
+      if (t_.region[i]) continue;
+      const std::vector<int>& ins = t_.inputs[i];
+      for (size_t port = 0; port < ins.size(); ++port) {
+        const int q = ins[port];
+        if (q != -1 && !t_.region[static_cast<size_t>(q)]) continue;
+        Item it{b.seq, Sample(), b.skipped};
+        if (!b.skipped) it.s = b.take(q);
+        deliver(static_cast<int>(i), static_cast<int>(port), std::move(it));
+      }
+    }
+  }
+
+  // End of pass: partial batches in op order (each may feed later ops).
+  void flush() {
+    for (size_t i = 0; i < bufs_.size(); ++i)
+      if (!bufs_[i].empty()) run_batch(static_cast<int>(i));
+    for (size_t i = 0; i < joins_.size(); ++i)
+      if (!joins_[i].empty())
+        throw std::logic_error(fmt::format("join '{}' holds unmatched samples at the end of a pass", pass_.nodes[i].name));
   }
 
   PassResult result;
 
  private:
-  void push_at(size_t i, Sample&& s) {
-    if (i == ops_.size()) {
-      retire(1);
-      return;
-    }
-    const PassNode& op = *ops_[i];
+  struct Item {
+    int64_t seq = 0;
+    Sample s;
+    std::shared_ptr<SkippedSample> skip;
+  };
+  struct Pending {
+    std::vector<Sample> ins;
+    int arrived = 0;
+    std::shared_ptr<SkippedSample> skip;
+  };
+
+  void deliver(int i, int port, Item&& it) {
+    const PassNode& op = pass_.nodes[static_cast<size_t>(i)];
     switch (op.kind) {
-      case StageKind::map: {
-        Timed t(*profs_[i]);
-        try {
-          Rng rng = Rng::for_sample(pass_.seed, op.name, s.epoch, s.id, s.view);
-          static_cast<MapStage*>(op.impl)->process(s, rng);
-        } catch (const SampleError& e) {
-          t.done();
-          if (!pass_.skip_bad) throw NodeError(op.name, s.describe(), e.what(), op.context);
-          skip({s.id, sample_name(s), e.what(), op.name, s.split});
-          return;
-        } catch (const NodeError&) {
-          throw;
-        } catch (const std::exception& e) {
-          throw NodeError(op.name, s.describe(), e.what(), op.context);
-        }
-        t.done();
-        push_at(i + 1, std::move(s));
-        return;
-      }
+      case StageKind::map:
       case StageKind::cache: {
-        Timed t(*profs_[i]);
-        try {
-          if (op.write) op.write(s);
-        } catch (const std::exception& e) {
-          throw NodeError(op.name, s.describe(), e.what());
+        if (!it.skip) {
+          Timed t(*profs_[static_cast<size_t>(i)]);
+          std::shared_ptr<SkippedSample> sk;
+          if (!guarded(pass_, op, it.s, [&] { apply_map(pass_, op, it.s); }, &sk)) {
+            record(it.seq, sk);
+            it.skip = sk;
+          }
+          t.done();
         }
-        t.done();
-        push_at(i + 1, std::move(s));
-        return;
+        return emit(i, std::move(it));
       }
+      case StageKind::join: return join(i, port, std::move(it));
       case StageKind::batch_map:
       case StageKind::sink: {
-        const size_t want = op.kind == StageKind::sink
-                                ? static_cast<size_t>(std::max(1, pass_.sink_batch))
-                                : static_cast<size_t>(std::max(1, static_cast<BatchStage*>(op.impl)->batch_size()));
-        bufs_[i].push_back(std::move(s));
-        if (bufs_[i].size() >= want) {
-          std::vector<Sample> full;
-          full.swap(bufs_[i]);
-          run_batch(i, std::move(full));
-        }
+        if (it.skip) return op.kind == StageKind::sink ? retire(it.seq) : emit(i, std::move(it));
+        std::vector<Item>& buf = bufs_[static_cast<size_t>(i)];
+        buf.push_back(std::move(it));
+        const int want = op.kind == StageKind::sink ? pass_.sink_batch : static_cast<BatchStage*>(op.impl)->batch_size();
+        if (static_cast<int>(buf.size()) >= std::max(1, want)) run_batch(i);
         return;
       }
-      case StageKind::source:
-        throw std::logic_error("a source inside a pass");
+      case StageKind::source: break;
+    }
+    throw std::logic_error("a source inside a pass");
+  }
+
+  // Inputs arrive in sample order on each port, so completed samples leave in order too.
+  void join(int i, int port, Item&& it) {
+    const PassNode& op = pass_.nodes[static_cast<size_t>(i)];
+    const size_t ports = t_.inputs[static_cast<size_t>(i)].size();
+    Pending& p = joins_[static_cast<size_t>(i)][it.seq];
+    if (p.ins.empty()) p.ins.resize(ports);
+    if (it.skip) p.skip = it.skip;
+    else p.ins[static_cast<size_t>(port)] = std::move(it.s);
+    if (++p.arrived < static_cast<int>(ports)) return;
+    Item out{it.seq, Sample(), p.skip};
+    if (!out.skip) {
+      Timed t(*profs_[static_cast<size_t>(i)]);
+      std::shared_ptr<SkippedSample> sk;
+      if (!guarded(pass_, op, p.ins.front(), [&] { out.s = apply_join(op, p.ins); }, &sk)) {
+        record(it.seq, sk);
+        out.skip = sk;
+      }
+      t.done();
+    }
+    joins_[static_cast<size_t>(i)].erase(it.seq);
+    emit(i, std::move(out));
+  }
+
+  void emit(int i, Item&& it) {
+    const auto& outs = t_.out(i);
+    if (outs.empty()) return retire(it.seq);
+    for (size_t k = 0; k < outs.size(); ++k) {
+      Item copy{it.seq, Sample(), it.skip};
+      if (!it.skip) copy.s = k + 1 < outs.size() ? branch_copy(it.s) : std::move(it.s);
+      deliver(outs[k].first, outs[k].second, std::move(copy));
     }
   }
 
-  void run_batch(size_t i, std::vector<Sample>&& samples) {
-    const PassNode& op = *ops_[i];
+  void run_batch(int i) {
+    const PassNode& op = pass_.nodes[static_cast<size_t>(i)];
+    std::vector<Item> items;
+    items.swap(bufs_[static_cast<size_t>(i)]);
     Batch b;
     b.split = pass_.split;
     b.epoch = pass_.epoch;
-    b.samples = std::move(samples);
+    for (Item& it : items) b.samples.push_back(std::move(it.s));
     const size_t n = b.samples.size();
     const auto range = [&] {
       return n == 1 ? b.samples.front().describe()
                     : fmt::format("{}..{}", b.samples.front().describe(), b.samples.back().describe());
     };
-    Timed t(*profs_[i]);
+    Timed t(*profs_[static_cast<size_t>(i)]);
     try {
       if (op.kind == StageKind::sink) static_cast<SinkStage*>(op.impl)->consume(b);
       else static_cast<BatchStage*>(op.impl)->process(b);
@@ -178,56 +390,67 @@ class Tail {
     }
     t.done(static_cast<int64_t>(n));
     if (op.kind == StageKind::sink) {
-      retire(static_cast<int64_t>(n));
+      for (const Item& it : items) retire(it.seq);
       return;
     }
     if (b.samples.size() != n)
-      throw NodeError(op.name, range(),
-                      fmt::format("stage returned {} samples for a batch of {}", b.samples.size(), n), op.context);
-    for (Sample& s : b.samples) push_at(i + 1, std::move(s));
+      throw NodeError(op.name, range(), fmt::format("stage returned {} samples for a batch of {}", b.samples.size(), n),
+                      op.context);
+    for (size_t k = 0; k < n; ++k) emit(i, Item{items[k].seq, std::move(b.samples[k]), nullptr});
   }
 
-  void retire(int64_t n) {
-    result.consumed += n;
-    // Report before releasing tokens: observers never see a new admission first.
+  void record(int64_t seq, const std::shared_ptr<SkippedSample>& sk) {
+    if (recorded_.insert(seq).second) result.skipped.push_back(*sk);
+  }
+
+  void retire(int64_t seq) {
+    auto it = remaining_.try_emplace(seq, t_.terminals).first;
+    if (--it->second > 0) return;
+    remaining_.erase(it);
+    ++result.consumed;
+    // Report before releasing the token: observers never see a new admission first.
     if (pass_.progress) pass_.progress(result.consumed, pass_.count);
-    for (int64_t k = 0; k < n; ++k) release_();
+    release_();
   }
 
   const PassSpec& pass_;
-  std::vector<const PassNode*> ops_;
+  const Topology& t_;
   std::vector<NodeProfile*> profs_;
-  std::vector<std::vector<Sample>> bufs_;
+  std::vector<std::vector<Item>> bufs_;
+  std::vector<std::map<int64_t, Pending>> joins_;
+  std::unordered_map<int64_t, int> remaining_;
+  std::set<int64_t> recorded_;
   std::function<void()> release_;
+};
+
+// What travels on the flow graph's edges: small and cheap to copy (TBB copies messages).
+struct Msg {
+  int64_t seq = 0;
+  std::shared_ptr<Bundle> bundle;
+  NodeProfile* from = nullptr;
+  int64_t t_out = 0;
 };
 
 }  // namespace
 
 PassResult run_pass(const PassSpec& pass, Profile& profile) {
   const int64_t t_start = now_ns();
-
-  // The parallel prefix: per-sample maps up to the first node that needs order.
-  size_t prefix = 0;
-  while (prefix < pass.nodes.size() && pass.nodes[prefix].kind == StageKind::map) ++prefix;
-  std::vector<const PassNode*> tail_ops;
-  std::vector<NodeProfile*> tail_profs;
-  int64_t held = 0;  // samples the tail may hold in partial batches
-  for (size_t i = prefix; i < pass.nodes.size(); ++i) {
-    const PassNode& n = pass.nodes[i];
-    tail_ops.push_back(&n);
-    tail_profs.push_back(&profile.node(n.name, n.stage));
-    if (n.kind == StageKind::sink) held += pass.sink_batch;
-    if (n.kind == StageKind::batch_map) held += static_cast<BatchStage*>(n.impl)->batch_size();
-  }
+  const Topology topo = resolve(pass);
   // Samples wait in partial batches while holding tokens: the cap must exceed what the
   // tail can hold, or the feed would stall forever on a half-built batch.
-  const int64_t cap = std::max<int64_t>(pass.in_flight, 2 * held + 2);
+  const int64_t cap = std::max<int64_t>(pass.in_flight, 2 * topo.held + 2);
 
   NodeProfile& feed_prof = profile.node("(feed)", "source");
-  NodeProfile& load_prof = profile.node(pass.load_name, "load");
-  if (prefix == 0 && pass.cheap_load) {
-    // Inline: at most one partial batch per tail stage is ever held, so memory stays bounded.
-    Tail tail(pass, tail_ops, tail_profs, [] {});
+  // Only a pass with a separate load step shows it in the profile (planned passes load in an op).
+  NodeProfile& load_prof = pass.load ? profile.node(pass.load_name, "load") : feed_prof;
+  const Region region(pass, topo, profile, load_prof);
+  NodeProfile* tail_in = nullptr;
+  for (size_t i = 0; i < pass.nodes.size() && !tail_in; ++i)
+    if (!topo.region[i]) tail_in = &profile.node(pass.nodes[i].name, pass.nodes[i].stage);
+
+  if (region.cheap()) {
+    // Inline: at most one partial batch per tail op is ever held, so memory stays bounded.
+    Tail tail(pass, topo, profile, [] {});
     int64_t fed = 0;
     bool stopped = false;
     for (; fed < pass.count; ++fed) {
@@ -238,20 +461,11 @@ PassResult run_pass(const PassSpec& pass, Profile& profile) {
       Timed tf(feed_prof);
       Sample s = pass.describe(fed);
       tf.done();
-      Timed tl(load_prof);
-      try {
-        if (pass.on_admit) pass.on_admit(1);
-        pass.load(s);
-      } catch (const SampleError& e) {
-        tl.done();
-        if (!pass.skip_bad) throw NodeError(pass.load_name, s.describe(), e.what());
-        tail.skip({s.id, sample_name(s), e.what(), pass.load_name, s.split});
-        continue;
-      } catch (const std::exception& e) {
-        throw NodeError(pass.load_name, s.describe(), e.what());
-      }
-      tl.done();
-      tail.push(std::move(s));
+      if (pass.on_admit) pass.on_admit(1);
+      Bundle b;
+      b.seq = fed;
+      region.run(b, std::move(s));
+      tail.push(std::move(b));
     }
     tail.flush();
     PassResult r = std::move(tail.result);
@@ -275,7 +489,10 @@ PassResult run_pass(const PassSpec& pass, Profile& profile) {
     Timed t(feed_prof);
     Msg m;
     m.seq = next;
-    m.sample = std::make_shared<Sample>(pass.describe(next));
+    m.bundle = std::make_shared<Bundle>();
+    m.bundle->seq = next;
+    m.bundle->values.resize(1);
+    m.bundle->values[0] = pass.describe(next);
     ++next;
     m.from = &feed_prof;
     m.t_out = t.done();
@@ -284,67 +501,27 @@ PassResult run_pass(const PassSpec& pass, Profile& profile) {
 
   flow::limiter_node<Msg> limiter(g, static_cast<size_t>(cap));
 
-  // Wraps a per-sample step: profile, error policy, skip propagation.
-  const auto step = [&](const std::string& name, NodeProfile& prof,
-                        std::function<void(Sample&)> body, const std::string& context = "") {
-    return [&pass, &prof, name, context, body = std::move(body)](Msg m) -> Msg {
-      if (m.skipped) {
-        if (m.from) m.from->blocked_ns += now_ns() - m.t_out;
-        m.from = nullptr;
-        return m;
-      }
-      Timed t(prof, &m);
-      try {
-        body(*m.sample);
-      } catch (const SampleError& e) {
-        if (!pass.skip_bad) throw NodeError(name, m.sample->describe(), e.what(), context);
-        m.skipped = std::make_shared<SkippedSample>(
-            SkippedSample{m.sample->id, sample_name(*m.sample), e.what(), name, m.sample->split});
-      } catch (const NodeError&) {
-        throw;
-      } catch (const std::exception& e) {
-        throw NodeError(name, m.sample->describe(), e.what(), context);
-      }
-      m.from = &prof;
-      m.t_out = t.done();
-      return m;
-    };
-  };
+  // Per-sample work runs unlimited: the limiter bounds it.
+  flow::function_node<Msg, Msg> region_node(g, flow::unlimited, [&](Msg m) -> Msg {
+    if (m.from) m.from->blocked_ns += now_ns() - m.t_out;
+    if (pass.on_admit) pass.on_admit(++in_flight);
+    Sample fed = std::move(m.bundle->values[0]);
+    region.run(*m.bundle, std::move(fed));
+    m.from = m.bundle->from;
+    m.t_out = m.bundle->t_out ? m.bundle->t_out : now_ns();
+    return m;
+  });
 
-  std::vector<std::unique_ptr<flow::function_node<Msg, Msg>>> maps;
-  maps.push_back(std::make_unique<flow::function_node<Msg, Msg>>(
-      g, flow::unlimited,
-      step(pass.load_name, load_prof, [&pass, &in_flight](Sample& s) {
-        if (pass.on_admit) pass.on_admit(++in_flight);
-        pass.load(s);
-      })));
-  for (size_t i = 0; i < prefix; ++i) {
-    const PassNode& n = pass.nodes[i];
-    NodeProfile& prof = profile.node(n.name, n.stage);
-    auto* stage = static_cast<MapStage*>(n.impl);
-    const uint64_t seed = pass.seed;
-    const std::string name = n.name;
-    // Parallel-safe stages run unlimited (bounded by the limiter); serial ones one at a time.
-    const size_t conc = n.concurrency == Concurrency::serial ? flow::serial : flow::unlimited;
-    maps.push_back(std::make_unique<flow::function_node<Msg, Msg>>(
-        g, conc, step(n.name, prof, [stage, seed, name](Sample& s) {
-          Rng rng = Rng::for_sample(seed, name, s.epoch, s.id, s.view);
-          stage->process(s, rng);
-        }, n.context)));
-  }
-
-  Tail tail(pass, tail_ops, tail_profs, [&] {
+  Tail tail(pass, topo, profile, [&] {
     --in_flight;
     limiter.decrementer().try_put(flow::continue_msg());
   });
-  NodeProfile* tail_in = tail_profs.empty() ? nullptr : tail_profs.front();
   int64_t tail_busy = 0;
-  // Serial: the tail batches, owns the device and updates the head in sample order.
+  // Serial: the tail batches, owns the device and updates the heads in sample order.
   flow::function_node<Msg, flow::continue_msg> tail_node(g, flow::serial, [&](Msg m) {
     const int64_t t0 = now_ns();
     if (m.from) m.from->blocked_ns += t0 - m.t_out;
-    if (m.skipped) tail.skip(std::move(*m.skipped));
-    else tail.push(std::move(*m.sample));
+    tail.push(std::move(*m.bundle));
     tail_busy += now_ns() - t0;
     return flow::continue_msg();
   });
@@ -352,13 +529,12 @@ PassResult run_pass(const PassSpec& pass, Profile& profile) {
   flow::sequencer_node<Msg> sequencer(g, [](const Msg& m) { return static_cast<size_t>(m.seq); });
 
   flow::make_edge(feed, limiter);
-  flow::make_edge(limiter, *maps.front());
-  for (size_t i = 0; i + 1 < maps.size(); ++i) flow::make_edge(*maps[i], *maps[i + 1]);
+  flow::make_edge(limiter, region_node);
   if (pass.ordered) {
-    flow::make_edge(*maps.back(), sequencer);
+    flow::make_edge(region_node, sequencer);
     flow::make_edge(sequencer, tail_node);
   } else {
-    flow::make_edge(*maps.back(), tail_node);
+    flow::make_edge(region_node, tail_node);
   }
 
   feed.activate();

@@ -1,9 +1,18 @@
-// The executor: runs one pass (one split, one epoch) of a resolved chain on a
-// tbb::flow::graph with the properties the framework promises:
-//   bounded   a limiter caps samples between the feed and the sink;
-//   ordered   a sequencer restores feed order before anything batches;
+// The executor: runs one pass (one split, one epoch) of a DAG of ops on a tbb::flow::graph
+// with the properties the framework promises:
+//   bounded   one limiter caps samples between the feed and the last sink, across every
+//             branch: a sample's token returns only when every sink has taken it;
+//   ordered   a sequencer restores feed order before anything batches, and a join matches
+//             its inputs by sample, so batches never depend on thread timing;
 //   seeded    random stages draw from per-(seed, node, epoch, sample, view) streams;
 //   failing   an exception cancels the pass once, naming node and sample.
+// Shape of a pass: feed -> [per-sample region] -> sequencer -> [serial tail]. The region is
+// every per-sample op (map, join, framework op) not downstream of a batching op; it runs as
+// one parallel flow node per sample, evaluating its ops in order (fan-out copies the sample,
+// fan-in joins within the sample). The tail holds batch ops, sinks and whatever follows a
+// batch op; it runs serially in sample order, and joins there match inputs by sample.
+// The executor knows ops, not caches or regimes: a cache read or write is a framework op
+// (`fn`) that the runner binds.
 #pragma once
 
 #include <atomic>
@@ -56,7 +65,7 @@ struct SkippedSample {
   Split split = Split::train;
 };
 
-// One step of a pass, in chain order.
+// One op of a pass. Ops are listed in topological order (every input before its consumer).
 struct PassNode {
   std::string name;
   std::string stage;
@@ -68,6 +77,13 @@ struct PassNode {
   std::string context;
   // Cache writer: called in order with every sample that reaches it (nullptr: not a writer).
   std::function<void(const Sample&)> write;
+  // Producers, as indices into PassSpec::nodes; -1 is the feed (after PassSpec::load when
+  // one is set). Empty: the previous op (-1 for the first), i.e. a chain. A join takes its
+  // inputs in this order.
+  std::vector<int> inputs;
+  // A framework op (load, cache read, cache write) of kind map: called instead of a stage.
+  std::function<void(Sample&)> fn;
+  bool cheap = false;  // `fn` is a memory read: nothing to overlap, may run inline
 };
 
 struct PassResult {
@@ -83,7 +99,7 @@ struct PassSpec {
   uint64_t seed = 0;
   int64_t count = 0;                              // samples to feed
   std::function<Sample(int64_t seq)> describe;    // serial, cheap: metadata of the seq-th sample
-  std::function<void(Sample&)> load;              // parallel: fills the payload
+  std::function<void(Sample&)> load;              // optional, parallel: fills the payload
   std::string load_name = "load";                 // profile name of the load step
   std::vector<PassNode> nodes;                    // after the feed, in order; last may be a sink
   int sink_batch = 20;

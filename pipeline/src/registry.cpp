@@ -13,6 +13,7 @@ const char* stage_kind_name(StageKind k) {
     case StageKind::batch_map: return "per-batch map";
     case StageKind::cache: return "cache";
     case StageKind::sink: return "sink";
+    case StageKind::join: return "join (fan-in)";
   }
   return "?";
 }
@@ -36,6 +37,7 @@ const ParamSpec* StageSchema::find(const std::string& param) const {
 Registry& Registry::global() {
   static Registry* r = [] {
     auto* reg = new Registry();
+    register_framework_stages(*reg);
     register_builtin_stages(*reg);
     return reg;
   }();

@@ -19,7 +19,7 @@
 
 #include "cache_store.h"
 #include "torch_runtime.h"
-#include "cache.h"
+#include "plan.h"
 
 namespace fs = std::filesystem;
 
@@ -92,24 +92,51 @@ class Progress {
   double last_ = 0;
 };
 
+// One sink of the graph and what it has reported so far.
+struct SinkRun {
+  int node = -1;
+  SinkStage* impl = nullptr;
+  SinkResult r;
+  SplitMetrics train, validation;  // of the current epoch
+};
+
 class Run {
  public:
   Run(const GraphSpec& spec, const RunConfig& cfg) : spec_(spec), cfg_(cfg), progress_(cfg.progress) {}
 
   RunResult go() {
     const double t0 = now_s();
+    setup();
+    const int first_epoch = cfg_.resume_dir.empty() ? 1 : resume() + 1;
+    std::ofstream metrics = open_outputs();
+    for (int e = first_epoch; e <= spec_.train.epochs && !res_.interrupted; ++e) epoch(e, metrics);
+    if (!res_.interrupted && source_->size(Split::test) > 0) {
+      for (SinkRun& s : sinks_)
+        if (s.r.reports) s.impl->restore_best();
+      const auto m = run_split(Split::test, spec_.train.epochs);
+      for (SinkRun& s : sinks_)
+        if (s.r.reports) s.r.test = m[static_cast<size_t>(&s - sinks_.data())];
+    }
+    if (cfg_.write_outputs && !res_.interrupted)
+      for (SinkRun& s : sinks_) s.impl->save(res_.out_dir);
+    res_.seconds = now_s() - t0;
+    finish();
+    return std::move(res_);
+  }
+
+ private:
+  void setup() {
     res_.out_dir = cfg_.resume_dir.empty() ? out_dir() : cfg_.resume_dir;
     if (cfg_.write_outputs) fs::create_directories(res_.out_dir);
     threads_ = configure_threads(cfg_.threads);
     torch_manual_seed(spec_.train.seed);
-
-    SourceContext sctx{spec_.dir};
-    source_ = spec_.source_entry->make_source(spec_.source_params, sctx);
+    source_ = spec_.source_entry->make_source(spec_.source_params, SourceContext{spec_.dir});
+    plan_ctx_.source_identity = source_->identity();
     for (const NodeSpec& n : spec_.nodes) {
-      StageContext ctx{n.name, spec_.dir, spec_.train.seed};
-      nodes_.push_back({&n, n.entry->make(n.params, ctx)});
+      nodes_.push_back(n.entry->make(n.params, StageContext{n.name, spec_.dir, spec_.train.seed}));
+      plan_ctx_.fingerprints.push_back(nodes_.back()->fingerprint());
     }
-    sink_ = dynamic_cast<SinkStage*>(nodes_.back().impl.get());
+    plan_ctx_.present = [this](const CachePoint& c) { return open_entry(c) != nullptr; };
     RunInfo info;
     info.seed = spec_.train.seed;
     info.epochs = spec_.train.epochs;
@@ -117,79 +144,128 @@ class Run {
     info.classes = source_->classes();
     info.out_dir = cfg_.write_outputs ? res_.out_dir : "";
     info.threads = threads_;
-    sink_->begin_run(info);
-
-    int first_epoch = 1;
-    if (!cfg_.resume_dir.empty()) first_epoch = resume() + 1;
-    std::ofstream metrics;
-    if (cfg_.write_outputs) {
-      if (cfg_.resume_dir.empty())
-        write_file((fs::path(res_.out_dir) / "graph.yaml").string(),
-                   "# resolved from " + spec_.file + "\n" + YAML::Dump(spec_.resolved) + "\n");
-      metrics.open(fs::path(res_.out_dir) / "metrics.jsonl", cfg_.resume_dir.empty() ? std::ios::trunc : std::ios::app);
+    for (size_t i = 0; i < spec_.nodes.size(); ++i) {
+      if (spec_.nodes[i].entry->schema.kind != StageKind::sink) continue;
+      SinkRun s;
+      s.node = static_cast<int>(i);
+      s.impl = static_cast<SinkStage*>(nodes_[i].get());
+      s.r.name = spec_.nodes[i].name;
+      s.r.stage = spec_.nodes[i].stage;
+      s.r.reports = s.impl->reports_metrics();
+      s.impl->begin_run(info);
+      sinks_.push_back(std::move(s));
     }
-    const int64_t n_train = source_->size(Split::train), n_val = source_->size(Split::validation),
-                  n_test = source_->size(Split::test);
-    if (!cfg_.quiet) std::fprintf(stderr, "pipe: %s\n", torch_runtime_info().c_str());
-    if (!cfg_.quiet)
+    if (!cfg_.quiet) {
+      std::fprintf(stderr, "pipe: %s\n", torch_runtime_info().c_str());
       std::fprintf(stderr, "pipe: %s: %lld train, %lld validation, %lld test samples; %d epochs; %d threads\n",
-                   spec_.name.c_str(), static_cast<long long>(n_train), static_cast<long long>(n_val),
-                   static_cast<long long>(n_test), spec_.train.epochs, threads_);
-
-    for (int e = first_epoch; e <= spec_.train.epochs && !res_.interrupted; ++e) {
-      EpochMetrics m;
-      m.epoch = e;
-      const double te = now_s();
-      m.train = sink_pass(Split::train, e);
-      if (!res_.interrupted && n_val > 0) m.validation = sink_pass(Split::validation, e);
-      if (res_.interrupted) break;
-      m.seconds = now_s() - te;
-      m.images_per_s = m.seconds > 0 ? static_cast<double>(m.train.count) / m.seconds : 0;
-      if (n_val > 0 && m.validation.accuracy > res_.best_val_acc) {
-        res_.best_val_acc = m.validation.accuracy;
-        res_.best_epoch = e;
-        sink_->mark_best(e);
-      }
-      res_.epochs.push_back(m);
-      Json line = Json::object();
-      line.set("epoch", e);
-      line.set("train_loss", m.train.loss);
-      line.set("train_acc", m.train.accuracy);
-      line.set("val_loss", n_val > 0 ? Json(m.validation.loss) : Json());
-      line.set("val_acc", n_val > 0 ? Json(m.validation.accuracy) : Json());
-      line.set("seconds", m.seconds);
-      line.set("images_per_s", m.images_per_s);
-      if (cfg_.write_outputs && !(metrics << line.dump() << "\n" << std::flush)) {
-        const int e = errno;  // a stream hides it; the failed write(2) (a full disk) left it set
-        throw std::runtime_error(fmt::format("cannot write {}: {}", (fs::path(res_.out_dir) / "metrics.jsonl").string(),
-                                             std::strerror(e)));
-      }
-      if (cfg_.write_outputs && sink_->can_resume()) checkpoint(e);
-      if (!cfg_.quiet) {
-        progress_.clear();
-        std::fprintf(stderr, "epoch %3d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1fs  %.0f img/s\n", e,
-                     spec_.train.epochs, m.train.loss, m.train.accuracy, m.validation.loss,
-                     m.validation.accuracy, m.seconds, m.images_per_s);
-      }
+                   spec_.name.c_str(), static_cast<long long>(source_->size(Split::train)),
+                   static_cast<long long>(source_->size(Split::validation)),
+                   static_cast<long long>(source_->size(Split::test)), spec_.train.epochs, threads_);
     }
-    if (!res_.interrupted && n_test > 0) {
-      sink_->restore_best();
-      res_.test = sink_pass(Split::test, spec_.train.epochs);
-    }
-    if (cfg_.write_outputs && !res_.interrupted) sink_->save(res_.out_dir);
-    res_.seconds = now_s() - t0;
-    finish();
-    return std::move(res_);
   }
 
- private:
-  // state.json + checkpoint/: everything `--resume` needs, replaced atomically per epoch.
+  std::ofstream open_outputs() {
+    std::ofstream metrics;
+    if (!cfg_.write_outputs) return metrics;
+    if (cfg_.resume_dir.empty())
+      write_file((fs::path(res_.out_dir) / "graph.yaml").string(),
+                 "# resolved from " + spec_.file + "\n" + YAML::Dump(spec_.resolved) + "\n");
+    metrics.open(fs::path(res_.out_dir) / "metrics.jsonl", cfg_.resume_dir.empty() ? std::ios::trunc : std::ios::app);
+    return metrics;
+  }
+
+  // The sinks that report metrics: one of them keeps the summary's flat keys.
+  std::vector<SinkRun*> reporting() {
+    std::vector<SinkRun*> out;
+    for (SinkRun& s : sinks_)
+      if (s.r.reports) out.push_back(&s);
+    return out;
+  }
+
+  void epoch(int e, std::ofstream& metrics) {
+    const bool has_val = source_->size(Split::validation) > 0;
+    const double te = now_s();
+    const auto train = run_split(Split::train, e);
+    if (res_.interrupted) return;
+    std::vector<SplitMetrics> val(sinks_.size());
+    if (has_val) val = run_split(Split::validation, e);
+    if (res_.interrupted) return;
+    const double seconds = now_s() - te;
+    for (size_t k = 0; k < sinks_.size(); ++k) {
+      SinkRun& s = sinks_[k];
+      if (!s.r.reports) continue;
+      EpochMetrics m;
+      m.epoch = e;
+      m.train = train[k];
+      m.validation = val[k];
+      m.seconds = seconds;
+      m.images_per_s = seconds > 0 ? static_cast<double>(m.train.count) / seconds : 0;
+      if (has_val && m.validation.accuracy > s.r.best_val_acc) {
+        s.r.best_val_acc = m.validation.accuracy;
+        s.r.best_epoch = e;
+        s.impl->mark_best(e);
+      }
+      s.r.epochs.push_back(m);
+    }
+    write_metrics_line(e, seconds, has_val, metrics);
+    if (cfg_.write_outputs && can_resume()) checkpoint(e);
+    if (cfg_.quiet) return;
+    progress_.clear();
+    for (SinkRun* s : reporting()) {
+      const EpochMetrics& m = s->r.epochs.back();
+      const std::string who = reporting().size() > 1 ? fmt::format("{:<10} ", s->r.name) : "";
+      std::fprintf(stderr, "epoch %3d/%d  %strain loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1fs  %.0f img/s\n", e,
+                   spec_.train.epochs, who.c_str(), m.train.loss, m.train.accuracy, m.validation.loss,
+                   m.validation.accuracy, m.seconds, m.images_per_s);
+    }
+  }
+
+  static Json epoch_json(const EpochMetrics& m, bool has_val) {
+    Json o = Json::object();
+    o.set("train_loss", m.train.loss);
+    o.set("train_acc", m.train.accuracy);
+    o.set("val_loss", has_val ? Json(m.validation.loss) : Json());
+    o.set("val_acc", has_val ? Json(m.validation.accuracy) : Json());
+    return o;
+  }
+
+  // One line per epoch: flat with one reporting sink, else one object per sink by name.
+  void write_metrics_line(int e, double seconds, bool has_val, std::ofstream& metrics) {
+    if (!cfg_.write_outputs) return;
+    Json line = Json::object();
+    line.set("epoch", e);
+    const auto rep = reporting();
+    if (rep.size() == 1) {
+      const EpochMetrics& m = rep[0]->r.epochs.back();
+      line.set("train_loss", m.train.loss);
+      line.set("train_acc", m.train.accuracy);
+      line.set("val_loss", has_val ? Json(m.validation.loss) : Json());
+      line.set("val_acc", has_val ? Json(m.validation.accuracy) : Json());
+    } else {
+      for (SinkRun* s : rep) line.set(s->r.name, epoch_json(s->r.epochs.back(), has_val));
+    }
+    line.set("seconds", seconds);
+    const int64_t n = rep.empty() ? 0 : rep[0]->r.epochs.back().train.count;
+    line.set("images_per_s", seconds > 0 ? static_cast<double>(n) / seconds : 0.0);
+    if (!(metrics << line.dump() << "\n" << std::flush)) {
+      const int err = errno;  // a stream hides it; the failed write(2) (a full disk) left it set
+      throw std::runtime_error(fmt::format("cannot write {}: {}", (fs::path(res_.out_dir) / "metrics.jsonl").string(),
+                                           std::strerror(err)));
+    }
+  }
+
+  bool can_resume() const {
+    for (const SinkRun& s : sinks_)
+      if (!s.impl->can_resume()) return false;
+    return true;
+  }
+
+  // state.json + checkpoint/<sink>/: everything `--resume` needs, replaced atomically per epoch.
   void checkpoint(int epoch) {
     const fs::path dir(res_.out_dir);
     const fs::path tmp = dir / "checkpoint.tmp", final_dir = dir / "checkpoint", old = dir / "checkpoint.old";
     fs::remove_all(tmp);
     fs::create_directories(tmp);
-    sink_->save_state(tmp.string());
     Json st = Json::object();
     st.set("graph_file", spec_.file);
     Json ov = Json::array();
@@ -197,19 +273,13 @@ class Run {
     st.set("overrides", ov);
     st.set("resolved_hash", resolved_hash(spec_));
     st.set("epochs_completed", epoch);
-    Json eps = Json::array();
-    for (const EpochMetrics& m : res_.epochs) {
-      Json e = Json::object();
-      e.set("epoch", m.epoch);
-      e.set("train", Json(Json::Array{Json(m.train.loss), Json(m.train.accuracy), Json(m.train.count)}));
-      e.set("validation", Json(Json::Array{Json(m.validation.loss), Json(m.validation.accuracy), Json(m.validation.count)}));
-      e.set("seconds", m.seconds);
-      e.set("images_per_s", m.images_per_s);
-      eps.push(std::move(e));
+    Json sinks = Json::object();
+    for (const SinkRun& s : sinks_) {
+      fs::create_directories(tmp / s.r.name);
+      s.impl->save_state((tmp / s.r.name).string());
+      sinks.set(s.r.name, sink_state(s));
     }
-    st.set("epochs", eps);
-    st.set("best_val_acc", res_.best_val_acc);
-    st.set("best_epoch", res_.best_epoch);
+    st.set("sinks", sinks);
     st.set("cache_hits", res_.cache_hits);
     st.set("cache_misses", res_.cache_misses);
     st.set("extraction_seconds", res_.extraction_seconds);
@@ -226,25 +296,48 @@ class Run {
     fs::remove_all(old);
   }
 
+  static Json sink_state(const SinkRun& s) {
+    Json eps = Json::array();
+    for (const EpochMetrics& m : s.r.epochs) {
+      Json e = Json::object();
+      e.set("epoch", m.epoch);
+      e.set("train", Json(Json::Array{Json(m.train.loss), Json(m.train.accuracy), Json(m.train.count)}));
+      e.set("validation", Json(Json::Array{Json(m.validation.loss), Json(m.validation.accuracy), Json(m.validation.count)}));
+      e.set("seconds", m.seconds);
+      e.set("images_per_s", m.images_per_s);
+      eps.push(std::move(e));
+    }
+    Json o = Json::object();
+    o.set("epochs", eps);
+    o.set("best_val_acc", s.r.best_val_acc);
+    o.set("best_epoch", s.r.best_epoch);
+    return o;
+  }
+
   // Restores the state of the last completed epoch; returns its number.
   int resume() {
     fs::path dir = fs::path(res_.out_dir) / "checkpoint";
     if (!fs::exists(dir / "state.json") && fs::exists(fs::path(res_.out_dir) / "checkpoint.old" / "state.json"))
       dir = fs::path(res_.out_dir) / "checkpoint.old";
-    if (!sink_->can_resume())
-      throw std::runtime_error(fmt::format("sink '{}' ({}) cannot resume", nodes_.back().spec->name, nodes_.back().spec->stage));
+    for (const SinkRun& s : sinks_)
+      if (!s.impl->can_resume())
+        throw std::runtime_error(fmt::format("sink '{}' ({}) cannot resume", s.r.name, s.r.stage));
     const YAML::Node st = YAML::LoadFile((dir / "state.json").string());
-    for (const auto& e : st["epochs"]) {
-      EpochMetrics m;
-      m.epoch = e["epoch"].as<int>();
-      m.train = {e["train"][0].as<double>(), e["train"][1].as<double>(), e["train"][2].as<int64_t>()};
-      m.validation = {e["validation"][0].as<double>(), e["validation"][1].as<double>(), e["validation"][2].as<int64_t>()};
-      m.seconds = e["seconds"].as<double>();
-      m.images_per_s = e["images_per_s"].as<double>();
-      res_.epochs.push_back(m);
+    for (SinkRun& s : sinks_) {
+      const YAML::Node ss = st["sinks"][s.r.name];
+      for (const auto& e : ss["epochs"]) {
+        EpochMetrics m;
+        m.epoch = e["epoch"].as<int>();
+        m.train = {e["train"][0].as<double>(), e["train"][1].as<double>(), e["train"][2].as<int64_t>()};
+        m.validation = {e["validation"][0].as<double>(), e["validation"][1].as<double>(), e["validation"][2].as<int64_t>()};
+        m.seconds = e["seconds"].as<double>();
+        m.images_per_s = e["images_per_s"].as<double>();
+        s.r.epochs.push_back(m);
+      }
+      s.r.best_val_acc = ss["best_val_acc"].as<double>();
+      s.r.best_epoch = ss["best_epoch"].as<int>();
+      s.impl->load_state((dir / s.r.name).string());
     }
-    res_.best_val_acc = st["best_val_acc"].as<double>();
-    res_.best_epoch = st["best_epoch"].as<int>();
     res_.cache_hits = st["cache_hits"].as<int64_t>();
     res_.cache_misses = st["cache_misses"].as<int64_t>();
     res_.extraction_seconds = st["extraction_seconds"].as<double>();
@@ -253,7 +346,6 @@ class Run {
       res_.skipped.push_back({k[0].as<int64_t>(), k[1].as<std::string>(), k[2].as<std::string>(), k[3].as<std::string>(), split});
       skip_seen_.insert({static_cast<int>(split), k[0].as<int64_t>()});
     }
-    sink_->load_state(dir.string());
     // metrics.jsonl keeps exactly the completed epochs: a line of the interrupted epoch
     // was never written, since lines are written only when an epoch completes.
     const int done = st["epochs_completed"].as<int>();
@@ -267,85 +359,185 @@ class Run {
     return (fs::path("runs") / fmt::format("{}-{}", spec_.name, timestamp())).string();
   }
 
-  // Nodes active on a split: random stages act on training data only.
-  std::vector<Node*> active(Split split) {
-    std::vector<Node*> out;
-    for (Node& n : nodes_)
-      if (!(n.spec->entry->schema.random && split != Split::train)) out.push_back(&n);
+  // The complete entry for a cache point, opened once per run and kept (nullptr: missing).
+  std::shared_ptr<const FeatureCache::Entry> open_entry(const CachePoint& c) {
+    const std::string id = c.root + "/" + c.key + "/" + split_of(c);
+    auto it = entries_.find(id);
+    if (it != entries_.end()) return it->second;
+    auto e = store(c.root).open(c.key, split_of(c));
+    if (e) entries_[id] = e;
+    return e;
+  }
+  static std::string split_of(const CachePoint& c) { return split_name(c.split); }
+
+  FeatureCache& store(const std::string& root) {
+    auto& s = stores_[root];
+    if (!s) s = std::make_unique<FeatureCache>(root);
+    return *s;
+  }
+
+  // Runs the passes the planner gives for (split, epoch); returns each sink's metrics.
+  std::vector<SplitMetrics> run_split(Split split, int epoch) {
+    for (int attempt = 0;; ++attempt) {
+      std::vector<PassPlan> passes = plan_split(spec_, split, epoch, plan_ctx_);
+      // Writers are taken before anything runs: begin() waits while another process
+      // writes the same entry, and that process may have completed it meanwhile.
+      Writers w;
+      if (!take_writers(passes, w) && attempt < 3) continue;
+      std::vector<SplitMetrics> out(sinks_.size());
+      for (const PassPlan& p : passes) {
+        out = run_planned(p, w);
+        if (res_.interrupted) break;
+      }
+      return out;
+    }
+  }
+
+  struct Writers {
+    std::map<int, FeatureCache::Writer> by_point;  // cache point index -> writer
+  };
+
+  // False when an entry the plan would write turned out complete (replan).
+  bool take_writers(const std::vector<PassPlan>& passes, Writers& w) {
+    for (const PassPlan& p : passes)
+      for (const PlanOp& op : p.ops) {
+        if (op.kind != OpKind::cache_write || w.by_point.count(op.cache)) continue;
+        const CachePoint& c = p.caches[static_cast<size_t>(op.cache)];
+        FeatureCache& st = store(c.root);
+        w.by_point.emplace(op.cache, st.begin(c.key, split_name(p.split), source_->size(p.split), c.views, c.description));
+        if (st.open(c.key, split_name(p.split))) return false;
+      }
+    return true;
+  }
+
+  std::vector<SplitMetrics> run_planned(const PassPlan& plan, Writers& w) {
+    const int64_t n = source_->size(plan.split);
+    // Training order is reshuffled every epoch (seeded); evaluation and extraction run in id order.
+    std::vector<int64_t> order = shuffled(plan.split == Split::train && plan.epoch > 0 ? n : 0, spec_.train.seed, plan.epoch);
+    if (order.empty())
+      for (int64_t i = 0; i < n; ++i) order.push_back(i);
+    PassSpec p = bind(plan, order, w);
+    const bool main_pass = plan.extract_view < 0;
+    if (main_pass)
+      for (size_t k = 0; k < sinks_.size(); ++k)
+        if (in_pass(plan, sinks_[k].node)) sinks_[k].impl->begin_epoch(plan.split, plan.epoch);
+    const std::string label = main_pass ? fmt::format("epoch {} {}", plan.epoch, split_name(plan.split)) : plan.purpose;
+    p.progress = [this, label](int64_t done, int64_t total) { progress_.update(label, done, total); };
+    const int64_t busy0 = sinks_busy();
+    PassResult r = run_pass(p, profile_);
+    progress_.clear();
+    record_skips(r.skipped, plan.split);
+    if (r.interrupted) res_.interrupted = true;
+    bool writes = false;
+    for (const PlanOp& op : plan.ops) {
+      if (op.kind == OpKind::cache_read) res_.cache_hits += n;
+      if (op.kind == OpKind::cache_write) res_.cache_misses += n;
+      writes |= op.kind == OpKind::cache_write;
+    }
+    if (writes) res_.extraction_seconds += std::max(0.0, r.seconds - static_cast<double>(sinks_busy() - busy0) / 1e9);
+    if (!r.interrupted) commit(plan, r, w);
+    std::vector<SplitMetrics> out(sinks_.size());
+    if (main_pass)
+      for (size_t k = 0; k < sinks_.size(); ++k)
+        if (in_pass(plan, sinks_[k].node)) out[k] = sinks_[k].impl->end_epoch();
     return out;
   }
 
-  // Where the memo sits in `act` (index of the cache node, or of the sink for an implicit
-  // memo of evaluation features), or -1.
-  int memo_position(const std::vector<Node*>& act, Split split, int* views, std::string* root,
-                    const stages::CacheStage** cache) {
-    *views = 0;
-    *root = resolve_cache_dir("");
-    *cache = nullptr;
-    for (size_t i = 0; i < act.size(); ++i)
-      if (act[i]->spec->entry->schema.kind == StageKind::cache) {
-        auto* c = dynamic_cast<const stages::CacheStage*>(act[i]->impl.get());
-        if (!c) throw std::logic_error("cache node without a CacheStage");
-        *views = split == Split::train ? c->views() : 0;
-        *root = c->root();
-        *cache = c;
-        return static_cast<int>(i);
-      }
-    // Validation and test images are never augmented, so their features are the same
-    // every epoch: memoize them before the sink whenever a batch stage (the conv base)
-    // would otherwise recompute them.
-    if (split != Split::train) {
-      bool expensive = false;
-      for (Node* n : act) expensive |= n->spec->entry->schema.kind == StageKind::batch_map;
-      if (expensive && act.back()->spec->entry->schema.kind == StageKind::sink)
-        return static_cast<int>(act.size()) - 1;
-    }
-    return -1;
+  static bool in_pass(const PassPlan& plan, int node) {
+    for (const PlanOp& op : plan.ops)
+      if (op.node == node) return true;
+    return false;
   }
 
-  std::string fingerprint(const std::vector<Node*>& act, int upto, Split split, int views,
-                          std::string* description) {
-    Hasher h;
-    std::string d = fmt::format("source {} [{}]", spec_.source, source_->identity());
-    h.field("pipe-cache-v1").field(d).field(split_name(split));
-    for (int i = 0; i < upto; ++i) {
-      const Node& n = *act[static_cast<size_t>(i)];
-      if (n.spec->entry->schema.kind == StageKind::cache) continue;
-      const std::string part = fmt::format("{}({}){}", n.spec->stage, n.spec->params.canonical(),
-                                           n.impl->fingerprint().empty() ? "" : "[" + n.impl->fingerprint() + "]");
-      h.field(part);
-      d += " -> " + part;
-    }
-    h.field(fmt::format("views={}", views));
-    d += fmt::format(" | split={} views={}", split_name(split), views);
-    *description = d;
-    return h.hex();
+  int64_t sinks_busy() {
+    int64_t t = 0;
+    for (const SinkRun& s : sinks_) t += profile_.node(s.r.name, s.r.stage).busy_ns.load();
+    return t;
   }
 
-  PassSpec base_pass(Split split, int epoch) {
+  // Records this pass's failures in its entries and makes complete entries visible.
+  void commit(const PassPlan& plan, const PassResult& r, Writers& w) {
+    for (const PlanOp& op : plan.ops) {
+      if (op.kind != OpKind::cache_write) continue;
+      FeatureCache::Writer& wr = w.by_point.at(op.cache);
+      for (const SkippedSample& s : r.skipped) wr.skip(s.id, encode_skip(s));
+      const CachePoint& c = plan.caches[static_cast<size_t>(op.cache)];
+      const bool last_view = plan.extract_view < 0 || plan.extract_view + 1 == c.views;
+      if (last_view) wr.commit();
+    }
+  }
+
+  // A skip is stored with the node that failed, so a hit replays it exactly (node and reason).
+  static std::string encode_skip(const SkippedSample& s) { return s.node + '\t' + s.reason; }
+  static std::pair<std::string, std::string> decode_skip(const std::string& stored) {
+    const auto tab = stored.find('\t');
+    if (tab == std::string::npos) return {"", stored};
+    return {stored.substr(0, tab), stored.substr(tab + 1)};
+  }
+
+  // The executor's ops for a planned pass: stage ops get their instances, framework ops
+  // (load, cache read and write) their functions.
+  PassSpec bind(const PassPlan& plan, const std::vector<int64_t>& order, Writers& w) {
     PassSpec p;
-    p.split = split;
-    p.epoch = epoch;
+    p.split = plan.split;
+    p.epoch = plan.epoch;
     p.seed = spec_.train.seed;
     p.sink_batch = spec_.train.batch;
     p.in_flight = spec_.train.in_flight;
     p.skip_bad = spec_.on_error == OnError::skip;
     p.ordered = cfg_.ordered;
     p.stop = cfg_.stop;
+    p.count = static_cast<int64_t>(order.size());
+    const Source* src = source_.get();
+    const int view = std::max(0, plan.extract_view);
+    p.describe = [src, &order, &plan, view](int64_t seq) {
+      Sample s = src->describe(plan.split, order[static_cast<size_t>(seq)]);
+      s.epoch = plan.epoch;
+      s.view = view;
+      return s;
+    };
+    for (size_t i = 1; i < plan.ops.size(); ++i) {
+      const PlanOp& op = plan.ops[i];
+      PassNode n;
+      n.name = op.name;
+      n.stage = op.stage.empty() ? "source" : op.stage;
+      for (int in : op.inputs) n.inputs.push_back(in - 1);  // ops[0], the feed, is the executor's -1
+      if (op.kind == OpKind::load) n.fn = [src](Sample& s) { src->load(s); };
+      else if (op.kind == OpKind::cache_read) bind_read(n, plan.caches[static_cast<size_t>(op.cache)]);
+      else if (op.kind == OpKind::cache_write) {
+        FeatureCache::Writer* wr = &w.by_point.at(op.cache);
+        n.fn = [wr](Sample& s) { wr->add(s.id, s.view, s.label, s.features); };
+      } else bind_stage(n, op);
+      p.nodes.push_back(std::move(n));
+    }
     return p;
   }
 
-  static PassNode pass_node(Node& n) {
-    PassNode p;
-    p.name = n.spec->name;
-    p.stage = n.spec->stage;
-    p.kind = n.spec->entry->schema.kind;
-    p.impl = n.impl.get();
-    p.random = n.spec->entry->schema.random;
-    p.concurrency = n.spec->entry->schema.concurrency;
-    if (n.spec->entry->origin != "built-in")
-      p.context = fmt::format(" (stage '{}' from {})", n.spec->stage, n.spec->entry->origin);
-    return p;
+  void bind_read(PassNode& n, const CachePoint& c) {
+    std::shared_ptr<const FeatureCache::Entry> entry = open_entry(c);
+    if (!entry) throw std::runtime_error(fmt::format("cache entry {} vanished after it was written", c.key));
+    const uint64_t seed = spec_.train.seed;
+    const std::string node = c.name;
+    const int views = c.views;
+    n.cheap = true;
+    n.fn = [entry, seed, node, views](Sample& s) {
+      if (entry->skipped(s.id)) {
+        const auto [failed, reason] = decode_skip(entry->skip_reason(s.id));
+        throw SampleError(reason, failed.empty() ? node : failed);
+      }
+      s.view = cache_view_for(seed, node, views, s.epoch, s.id);
+      s.features = entry->features(s.id, s.view);
+    };
+  }
+
+  void bind_stage(PassNode& n, const PlanOp& op) {
+    const NodeSpec& spec = spec_.nodes[static_cast<size_t>(op.node)];
+    const StageSchema& schema = spec.entry->schema;
+    n.kind = schema.kind;
+    n.impl = nodes_[static_cast<size_t>(op.node)].get();
+    n.random = schema.random;
+    n.concurrency = schema.concurrency;
+    if (spec.entry->origin != "built-in") n.context = fmt::format(" (stage '{}' from {})", spec.stage, spec.entry->origin);
   }
 
   void record_skips(const std::vector<SkippedSample>& skips, Split split) {
@@ -354,152 +546,7 @@ class Run {
       if (skip_seen_.insert({static_cast<int>(split), s.id}).second) res_.skipped.push_back(s);
   }
 
-  // A pass over `split` that ends in the sink; returns the sink's metrics.
-  SplitMetrics sink_pass(Split split, int epoch) {
-    const int64_t n = source_->size(split);
-    std::vector<Node*> act = active(split);
-    int views = 0;
-    std::string cache_root;
-    const stages::CacheStage* cache_node = nullptr;
-    const int memo = memo_position(act, split, &views, &cache_root, &cache_node);
-    // Training order is reshuffled every epoch (seeded); evaluation runs in id order.
-    std::vector<int64_t> order = shuffled(split == Split::train ? n : 0, spec_.train.seed, epoch);
-    if (split != Split::train)
-      for (int64_t i = 0; i < n; ++i) order.push_back(i);
-
-    std::shared_ptr<const FeatureCache::Entry> entry;
-    std::string fp, description;
-    std::unique_ptr<FeatureCache> store;
-    if (memo >= 0) {
-      fp = fingerprint(act, memo, split, views, &description);
-      store = std::make_unique<FeatureCache>(cache_root);
-      entry = store->open(fp, split_name(split));
-      if (!entry && views > 0) {
-        // Extract K views up front; each epoch then picks one of them.
-        extract_views(act, memo, split, views, fp, description, *store);
-        if (res_.interrupted) return {};
-        entry = store->open(fp, split_name(split));
-        if (!entry) throw std::runtime_error(fmt::format("cache entry {} vanished after it was written", fp));
-      }
-    }
-
-    sink_->begin_epoch(split, epoch);
-    PassSpec p = base_pass(split, epoch);
-    p.count = n;
-    std::optional<FeatureCache::Writer> writer;
-    if (memo >= 0 && !entry) {
-      // Blocks while another process writes this entry; it may have finished it meanwhile.
-      writer.emplace(store->begin(fp, split_name(split), n, std::max(views, 1), description));
-      entry = store->open(fp, split_name(split));
-      if (entry) writer.reset();
-    }
-    const std::string label = fmt::format("epoch {} {}", epoch, split_name(split));
-    p.progress = [this, label](int64_t done, int64_t total) { progress_.update(label, done, total); };
-    if (entry) {
-      // The cut: nodes upstream of the memo do not run at all.
-      res_.cache_hits += n;
-      p.load_name = "(cache read)";
-      p.cheap_load = true;
-      p.describe = [this, &order, split, epoch, views, &entry, cache_node](int64_t seq) {
-        Sample s;
-        s.id = order[static_cast<size_t>(seq)];
-        s.split = split;
-        s.epoch = epoch;
-        s.label = entry->label(s.id);
-        s.view = views > 0 && cache_node ? cache_node->view_for(epoch, s.id) : 0;
-        s.origin = source_->describe(split, s.id).origin;
-        return s;
-      };
-      p.load = [&entry](Sample& s) {
-        if (entry->skipped(s.id)) throw SampleError(fmt::format("(cached) {}", entry->skip_reason(s.id)));
-        s.features = entry->features(s.id, s.view);
-      };
-      // After an explicit cache node; an implicit memo sits just before the sink.
-      const size_t resume = static_cast<size_t>(memo) + (cache_node ? 1 : 0);
-      for (size_t i = resume; i < act.size(); ++i) p.nodes.push_back(pass_node(*act[i]));
-      // A sample skipped at extraction stays skipped, whatever on_error says now.
-      p.skip_bad = true;
-    } else {
-      describe_from_source(p, order, split, epoch);
-      for (size_t i = 0; i < act.size(); ++i) {
-        if (static_cast<int>(i) == memo) {
-          PassNode w;
-          w.name = act[i]->spec->entry->schema.kind == StageKind::cache ? act[i]->spec->name : "(memo)";
-          w.stage = "cache";
-          w.kind = StageKind::cache;
-          FeatureCache::Writer* wp = &*writer;
-          w.write = [wp](const Sample& s) { wp->add(s.id, 0, s.label, s.features); };
-          p.nodes.push_back(std::move(w));
-          if (act[i]->spec->entry->schema.kind == StageKind::cache) continue;
-        }
-        p.nodes.push_back(pass_node(*act[i]));
-      }
-    }
-    Profile& prof = profile_;
-    const int64_t sink_busy0 = prof.node(nodes_.back().spec->name, nodes_.back().spec->stage).busy_ns.load();
-    PassResult r = run_pass(p, prof);
-    progress_.clear();
-    record_skips(r.skipped, split);
-    if (r.interrupted) res_.interrupted = true;
-    if (writer) {
-      res_.cache_misses += n;
-      const int64_t sink_busy = prof.node(nodes_.back().spec->name, nodes_.back().spec->stage).busy_ns.load() - sink_busy0;
-      res_.extraction_seconds += std::max(0.0, r.seconds - static_cast<double>(sink_busy) / 1e9);
-      if (!r.interrupted) {
-        for (const SkippedSample& s : r.skipped) writer->skip(s.id, s.reason);
-        writer->commit();
-      }
-    }
-    return sink_->end_epoch();
-  }
-
-  void describe_from_source(PassSpec& p, const std::vector<int64_t>& order, Split split, int epoch, int view = 0) {
-    p.describe = [this, &order, split, epoch, view](int64_t seq) {
-      Sample s = source_->describe(split, order[static_cast<size_t>(seq)]);
-      s.epoch = epoch;
-      s.view = view;
-      return s;
-    };
-    const Source* src = source_.get();
-    p.load = [src](Sample& s) { src->load(s); };
-    p.load_name = "(load)";
-  }
-
-  void extract_views(const std::vector<Node*>& act, int memo, Split split, int views, const std::string& fp,
-                     const std::string& description, FeatureCache& store) {
-    const int64_t n = source_->size(split);
-    FeatureCache::Writer writer = store.begin(fp, split_name(split), n, views, description);
-    if (store.open(fp, split_name(split))) return;  // another process finished it meanwhile
-    std::vector<int64_t> order(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) order[static_cast<size_t>(i)] = i;
-    for (int v = 0; v < views; ++v) {
-      PassSpec p = base_pass(split, 0);
-      p.count = n;
-      describe_from_source(p, order, split, 0, v);
-      const std::string label = fmt::format("extract view {}/{}", v + 1, views);
-      p.progress = [this, label](int64_t done, int64_t total) { progress_.update(label, done, total); };
-      for (int i = 0; i < memo; ++i) p.nodes.push_back(pass_node(*act[static_cast<size_t>(i)]));
-      PassNode w;
-      w.name = act[static_cast<size_t>(memo)]->spec->name;
-      w.stage = "cache";
-      w.kind = StageKind::cache;
-      w.write = [&writer](const Sample& s) { writer.add(s.id, s.view, s.label, s.features); };
-      p.nodes.push_back(std::move(w));
-      PassResult r = run_pass(p, profile_);
-      progress_.clear();
-      res_.extraction_seconds += r.seconds;
-      res_.cache_misses += n;
-      record_skips(r.skipped, split);
-      if (r.interrupted) {
-        res_.interrupted = true;
-        return;
-      }
-      for (const SkippedSample& s : r.skipped) writer.skip(s.id, s.reason);
-    }
-    writer.commit();
-  }
-
-  void finish() {
+  Json profile_json() {
     Json prof = Json::array();
     for (const NodeProfile* n : profile_.nodes()) {
       Json o = Json::object();
@@ -514,26 +561,50 @@ class Run {
       o.set("items_per_s", busy > 0 ? static_cast<double>(n->items.load()) / busy : 0.0);
       prof.push(std::move(o));
     }
-    res_.profile = prof;
+    return prof;
+  }
 
+  // The metric keys of one sink (the summary's flat keys for a one-head graph).
+  static void set_metrics(Json& o, const SinkResult& r) {
+    const EpochMetrics* last = r.epochs.empty() ? nullptr : &r.epochs.back();
+    o.set("train_loss", last ? Json(last->train.loss) : Json());
+    o.set("train_acc", last ? Json(last->train.accuracy) : Json());
+    o.set("val_loss", last ? Json(last->validation.loss) : Json());
+    o.set("val_acc", last ? Json(last->validation.accuracy) : Json());
+    o.set("best_val_acc", r.best_val_acc >= 0 ? Json(r.best_val_acc) : Json());
+    o.set("best_epoch", r.best_epoch);
+    o.set("test_loss", r.test.count > 0 ? Json(r.test.loss) : Json());
+    o.set("test_acc", r.test.count > 0 ? Json(r.test.accuracy) : Json());
+    o.set("test_count", r.test.count);
+  }
+
+  void finish() {
+    for (SinkRun& s : sinks_) res_.sinks.push_back(s.r);
+    const auto rep = reporting();
+    if (!rep.empty()) {
+      res_.epochs = rep[0]->r.epochs;
+      res_.test = rep[0]->r.test;
+      res_.best_val_acc = rep[0]->r.best_val_acc;
+      res_.best_epoch = rep[0]->r.best_epoch;
+    }
+    res_.profile = profile_json();
     Json s = Json::object();
     s.set("graph", spec_.name);
     s.set("graph_file", spec_.file);
     s.set("status", res_.interrupted ? "interrupted" : "completed");
     s.set("seed", spec_.train.seed);
     s.set("epochs", spec_.train.epochs);
-    s.set("epochs_completed", static_cast<int>(res_.epochs.size()));
+    s.set("epochs_completed", rep.empty() ? 0 : static_cast<int>(rep[0]->r.epochs.size()));
     s.set("threads", threads_);
-    const EpochMetrics* last = res_.epochs.empty() ? nullptr : &res_.epochs.back();
-    s.set("train_loss", last ? Json(last->train.loss) : Json());
-    s.set("train_acc", last ? Json(last->train.accuracy) : Json());
-    s.set("val_loss", last ? Json(last->validation.loss) : Json());
-    s.set("val_acc", last ? Json(last->validation.accuracy) : Json());
-    s.set("best_val_acc", res_.best_val_acc >= 0 ? Json(res_.best_val_acc) : Json());
-    s.set("best_epoch", res_.best_epoch);
-    s.set("test_loss", res_.test.count > 0 ? Json(res_.test.loss) : Json());
-    s.set("test_acc", res_.test.count > 0 ? Json(res_.test.accuracy) : Json());
-    s.set("test_count", res_.test.count);
+    if (rep.size() == 1) set_metrics(s, rep[0]->r);
+    Json sinks = Json::object();
+    for (const SinkRun& k : sinks_) {
+      Json o = Json::object();
+      o.set("stage", k.r.stage);
+      if (k.r.reports) set_metrics(o, k.r);
+      sinks.set(k.r.name, o);
+    }
+    s.set("sinks", sinks);
     s.set("seconds", res_.seconds);
     s.set("extraction_seconds", res_.extraction_seconds);
     Json cache = Json::object();
@@ -550,11 +621,11 @@ class Run {
     }
     s.set("skipped_count", static_cast<int64_t>(res_.skipped.size()));
     s.set("skipped", skipped);
-    s.set("profile", prof);
+    s.set("profile", res_.profile);
     res_.summary = s;
     if (cfg_.write_outputs) {
       write_file_atomic((fs::path(res_.out_dir) / "summary.json").string(), s.dump(2) + "\n");
-      write_file_atomic((fs::path(res_.out_dir) / "profile.json").string(), prof.dump(2) + "\n");
+      write_file_atomic((fs::path(res_.out_dir) / "profile.json").string(), res_.profile.dump(2) + "\n");
     }
   }
 
@@ -563,8 +634,11 @@ class Run {
   Progress progress_;
   int threads_ = 1;
   std::unique_ptr<Source> source_;
-  std::vector<Node> nodes_;
-  SinkStage* sink_ = nullptr;
+  std::vector<std::unique_ptr<Stage>> nodes_;
+  std::vector<SinkRun> sinks_;
+  PlanContext plan_ctx_;
+  std::map<std::string, std::unique_ptr<FeatureCache>> stores_;
+  std::map<std::string, std::shared_ptr<const FeatureCache::Entry>> entries_;
   Profile profile_;
   RunResult res_;
   std::set<std::pair<int, int64_t>> skip_seen_;
@@ -595,30 +669,83 @@ ResumeInfo read_resume_info(const std::string& run_dir) {
   return info;
 }
 
+namespace {
+
+// A plan context that needs no stage instances: keys left unfingerprinted (structure only).
+PlanContext structural_context(const GraphSpec& spec, bool all_present) {
+  PlanContext ctx;
+  ctx.fingerprints.assign(spec.nodes.size(), "");
+  if (all_present) ctx.present = [](const CachePoint&) { return true; };
+  return ctx;
+}
+
+}  // namespace
+
 std::string graph_dot(const GraphSpec& spec) {
-  int cut = -1;
-  for (size_t i = 0; i < spec.nodes.size(); ++i)
-    if (spec.nodes[i].entry->schema.kind == StageKind::cache) cut = static_cast<int>(i);
+  // Nodes that a warm cache leaves out of a training epoch run only on a miss.
+  const std::vector<PassPlan> warm = plan_split(spec, Split::train, 2, structural_context(spec, true));
+  std::set<int> runs_warm;
+  for (const PlanOp& op : warm.back().ops) runs_warm.insert(op.node);
   std::string out = fmt::format("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];\n", spec.name);
   out += fmt::format("  \"data\" [label=\"data\\n{}\", shape=cylinder];\n", spec.source);
   for (size_t i = 0; i < spec.nodes.size(); ++i) {
     const NodeSpec& n = spec.nodes[i];
     const StageSchema& s = n.entry->schema;
-    std::string attrs;
-    if (static_cast<int>(i) < cut) attrs = ", style=dashed, color=gray40, fontcolor=gray40";
+    const bool cut = !runs_warm.count(static_cast<int>(i)) && s.kind != StageKind::cache;
+    std::string attrs, extra;
+    if (cut) {
+      attrs = ", style=dashed, color=gray40, fontcolor=gray40";
+      extra = "\\n(cut: runs on a cache miss only)";
+    }
     if (s.kind == StageKind::cache) attrs = ", shape=cylinder, style=filled, fillcolor=lightyellow";
     if (s.kind == StageKind::sink) attrs = ", style=filled, fillcolor=lightblue";
-    std::string extra;
-    if (static_cast<int>(i) < cut) extra = "\\n(cut: runs on a cache miss only)";
+    if (s.kind == StageKind::join) attrs = ", shape=invtrapezium";
     if (s.random) extra += "\\n(random, train only)";
     out += fmt::format("  \"{}\" [label=\"{}\\n{}{}\"{}];\n", n.name, n.name, n.stage, extra, attrs);
   }
-  std::string prev = "data";
   for (const NodeSpec& n : spec.nodes) {
-    out += fmt::format("  \"{}\" -> \"{}\";\n", prev, n.name);
-    prev = n.name;
+    if (n.inputs.empty()) out += fmt::format("  \"data\" -> \"{}\";\n", n.name);
+    for (int in : n.inputs) out += fmt::format("  \"{}\" -> \"{}\";\n", spec.nodes[static_cast<size_t>(in)].name, n.name);
   }
   return out + "}\n";
+}
+
+std::string explain_plan(const GraphSpec& spec) {
+  const std::unique_ptr<Source> source = spec.source_entry->make_source(spec.source_params, SourceContext{spec.dir});
+  PlanContext now;
+  now.source_identity = source->identity();
+  for (const NodeSpec& n : spec.nodes)
+    now.fingerprints.push_back(n.entry->make(n.params, StageContext{n.name, spec.dir, spec.train.seed})->fingerprint());
+  // Cheap: a complete entry has its manifest (a run verifies the data when it opens it).
+  now.present = [](const CachePoint& c) {
+    return fs::exists(FeatureCache(c.root).manifest_path(c.key, split_name(c.split)));
+  };
+  PlanContext later = now;  // epoch 2+: every entry epoch 1 wrote is there
+  later.present = [](const CachePoint&) { return true; };
+  std::string out = fmt::format("plan of {} (source {}: {} train, {} validation, {} test samples; {} epochs)\n",
+                                spec.file, spec.source, source->size(Split::train), source->size(Split::validation),
+                                source->size(Split::test), spec.train.epochs);
+  const auto section = [&](Split split, int epoch, const PlanContext& ctx, const std::string& title) {
+    if (source->size(split) == 0) return;
+    out += fmt::format("\n{}:\n", title);
+    for (const PassPlan& p : plan_split(spec, split, epoch, ctx))
+      out += fmt::format("  pass {}{}\n", p.purpose, p.extract_view >= 0 ? " (before epoch 1)" : "") + format_pass(p, spec);
+  };
+  section(Split::train, 1, now, "train, epoch 1");
+  if (spec.train.epochs > 1) section(Split::train, 2, later, "train, epochs 2+");
+  section(Split::validation, 1, now, "validation, epoch 1");
+  if (spec.train.epochs > 1) section(Split::validation, 2, later, "validation, epochs 2+");
+  section(Split::test, spec.train.epochs, now, "test (after the last epoch, best weights)");
+  std::set<std::string> seen;
+  std::string keys;
+  for (Split split : kAllSplits)
+    for (const PassPlan& p : plan_split(spec, split, 1, now))
+      for (const CachePoint& c : p.caches)
+        if (seen.insert(c.key).second)
+          keys += fmt::format("  {} {:<10} {} {}\n    {}\n", c.key, split_name(split), c.name,
+                              c.present ? "present" : "missing", c.description);
+  if (!keys.empty()) out += "\ncache keys (what each one covers):\n" + keys;
+  return out;
 }
 
 }  // namespace pipeline

@@ -1,5 +1,7 @@
 // The runner: a validated GraphSpec -> epochs of train/validation passes, a test pass, and
-// a run directory. It decides, per pass, where the cache cuts the chain.
+// a run directory. Per (split, epoch) it asks the planner for the passes (plan.h), binds
+// their ops to stage instances and cache entries, and hands them to the executor. It knows
+// no TBB, and no cache rule: where caches sit and what their keys hold is the planner's.
 #pragma once
 
 #include <atomic>
@@ -44,8 +46,20 @@ struct EpochMetrics {
   double images_per_s = 0;
 };
 
+// One sink's results. Sinks that report no metrics (preview) have only name and stage.
+struct SinkResult {
+  std::string name, stage;
+  bool reports = true;
+  std::vector<EpochMetrics> epochs;
+  SplitMetrics test;
+  double best_val_acc = -1;
+  int best_epoch = 0;
+};
+
 struct RunResult {
   std::string out_dir;
+  std::vector<SinkResult> sinks;  // every sink, in graph order
+  // The first sink that reports metrics (the only one in most graphs):
   std::vector<EpochMetrics> epochs;
   SplitMetrics test;
   double best_val_acc = -1;
@@ -67,5 +81,9 @@ RunResult run_graph(const GraphSpec& spec, const RunConfig& config);
 
 // The graph in Graphviz DOT; nodes a cache cuts (they run only on a cache miss) are dashed.
 std::string graph_dot(const GraphSpec& spec);
+
+// What `pipe plan` prints: per split, the passes of epoch 1 and of epoch 2+ with their ops,
+// which are served from the cache, each cache key and whether its entry is present.
+std::string explain_plan(const GraphSpec& spec);
 
 }  // namespace pipeline

@@ -26,6 +26,22 @@ int GraphSpec::index_of(const std::string& node) const {
   return -1;
 }
 
+std::vector<int> GraphSpec::consumers(int i) const {
+  std::vector<int> out;
+  for (size_t j = 0; j < nodes.size(); ++j)
+    for (int in : nodes[j].inputs)
+      if (in == i) out.push_back(static_cast<int>(j));
+  return out;
+}
+
+bool GraphSpec::is_chain() const {
+  for (size_t i = 0; i < nodes.size(); ++i)
+    if (nodes[i].inputs.size() > 1 || consumers(static_cast<int>(i)).size() > 1 ||
+        (i > 0 && nodes[i].inputs != std::vector<int>{static_cast<int>(i) - 1}))
+      return false;
+  return true;
+}
+
 namespace {
 
 const char* yaml_kind(const YAML::Node& n) {
@@ -277,6 +293,200 @@ std::string resolve_path(const std::string& dir, const std::string& p) {
   return (fs::path(dir) / p).lexically_normal().string();
 }
 
+// One edge "from -> to", at the position of `to` in its chain.
+struct Edge {
+  std::string from, to;
+  int line = 0, col = 0;
+};
+
+// Reads `edges:` (a chain "a -> b -> c", or a list of them) into single edges, reporting
+// malformed chains and unknown names. False when no topology can be built from them.
+bool read_edges(const YAML::Node& doc, const YAML::Node& nodes, const std::map<std::string, YAML::Node>& node_keys,
+                size_t declared, Diagnostics& diag, std::vector<Edge>* out, std::map<std::string, EdgeRef>* first_ref) {
+  const YAML::Node edges = doc["edges"];
+  std::vector<YAML::Node> chains;
+  // With no usable node map, every edge would be "unknown": one error is enough.
+  if (nodes && !nodes.IsMap()) return false;
+  if (!edges) {
+    if (declared > 1) diag.error(doc, "missing 'edges' (e.g. edges: [decode -> head])");
+  } else if (edges.IsScalar()) {
+    chains.push_back(edges);
+  } else if (edges.IsSequence()) {
+    for (const auto& c : edges) {
+      if (c.IsScalar()) chains.push_back(c);
+      else diag.error(c, "edges", fmt::format("an edge chain must be a string like 'a -> b', got {}", yaml_kind(c)));
+    }
+  } else {
+    diag.error(edges, "edges", fmt::format("'edges' must be a list of chains like 'a -> b', got {}", yaml_kind(edges)));
+    return false;
+  }
+  bool ok = true;
+  std::vector<std::string> names;
+  for (const auto& kv : node_keys) names.push_back(kv.first);
+  for (const YAML::Node& c : chains) {
+    const std::vector<EdgeRef> refs = split_chain(c);
+    for (const EdgeRef& r : refs) {
+      if (r.name.empty()) {
+        diag.error(r.line, r.col, fmt::format("empty node name in edge chain '{}'", c.Scalar()));
+        ok = false;
+      } else if (!node_keys.count(r.name)) {
+        const std::string hint = did_you_mean(r.name, names);
+        diag.error(r.line, r.col, fmt::format("edge to unknown node '{}'{}", r.name,
+                                              hint.empty() ? "" : fmt::format(" (did you mean '{}'?)", hint)));
+        ok = false;
+      } else {
+        first_ref->emplace(r.name, r);
+      }
+    }
+    for (size_t i = 0; i + 1 < refs.size(); ++i)
+      if (node_keys.count(refs[i].name) && node_keys.count(refs[i + 1].name))
+        out->push_back({refs[i].name, refs[i + 1].name, refs[i + 1].line, refs[i + 1].col});
+  }
+  return ok;
+}
+
+// Orders the declared nodes topologically (declaration order among nodes that are ready
+// together, so a chain keeps its order) and fills each node's inputs. Reports an edge
+// listed twice, cycles and nodes on no edge.
+std::vector<NodeSpec> order_dag(const std::vector<NodeSpec>& declared, const std::vector<Edge>& edges,
+                                const std::map<std::string, EdgeRef>& first_ref, Diagnostics& diag) {
+  std::map<std::string, size_t> index;
+  for (size_t i = 0; i < declared.size(); ++i) index[declared[i].name] = i;
+  std::vector<std::vector<size_t>> ins(declared.size());
+  std::set<std::pair<std::string, std::string>> seen;
+  std::set<std::string> mentioned;
+  std::vector<Edge> kept;
+  bool ok = true;
+  for (const Edge& e : edges) {
+    mentioned.insert(e.from);
+    mentioned.insert(e.to);
+    if (e.from == e.to) {
+      diag.error(e.line, e.col, fmt::format("cycle: node '{}' feeds itself", e.from));
+      ok = false;
+    } else if (!seen.insert({e.from, e.to}).second) {
+      diag.error(e.line, e.col, fmt::format("edge '{} -> {}' is listed twice: '{}' would receive every sample twice",
+                                            e.from, e.to, e.to));
+      ok = false;
+    } else {
+      ins[index.at(e.to)].push_back(index.at(e.from));
+      kept.push_back(e);
+    }
+  }
+  for (const NodeSpec& n : declared)
+    if (declared.size() > 1 && !mentioned.count(n.name) && !first_ref.count(n.name)) {
+      diag.error(n.line, n.col, fmt::format("node '{}' is on no edge: it is not connected to the graph", n.name));
+      ok = false;
+    }
+  // Kahn's algorithm, smallest declaration index first.
+  std::vector<size_t> pending(declared.size());
+  for (size_t i = 0; i < declared.size(); ++i) pending[i] = ins[i].size();
+  std::vector<char> done(declared.size(), 0);
+  std::vector<size_t> order;
+  for (bool progress = true; progress;) {
+    progress = false;
+    for (size_t i = 0; i < declared.size(); ++i) {
+      if (done[i] || pending[i] != 0) continue;
+      done[i] = 1;
+      order.push_back(i);
+      for (size_t j = 0; j < declared.size(); ++j)
+        for (size_t in : ins[j])
+          if (in == i) --pending[j];
+      progress = true;
+      break;
+    }
+  }
+  if (order.size() < declared.size()) {
+    // Name one edge of the cycle: the first, by source name, between nodes left over.
+    std::vector<Edge> sorted = kept;
+    std::sort(sorted.begin(), sorted.end(), [](const Edge& a, const Edge& b) { return a.from < b.from; });
+    for (const Edge& e : sorted)
+      if (!done[index.at(e.from)] && !done[index.at(e.to)]) {
+        diag.error(e.line, e.col, fmt::format("cycle: '{}' -> '{}' leads back to '{}'", e.from, e.to, e.from));
+        break;
+      }
+    return {};
+  }
+  if (!ok) return {};
+  std::vector<int> position(declared.size());
+  for (size_t k = 0; k < order.size(); ++k) position[order[k]] = static_cast<int>(k);
+  std::vector<NodeSpec> out;
+  for (size_t i : order) {
+    NodeSpec n = declared[i];
+    n.inputs.clear();
+    for (size_t in : ins[i]) n.inputs.push_back(position[in]);
+    out.push_back(std::move(n));
+  }
+  return out;
+}
+
+// Kinds, arity and payloads along every edge; random stages before caches; sinks at the
+// ends of branches and only there.
+void check_topology(const GraphSpec& g, const std::vector<Edge>& edges,
+                    const std::map<std::string, EdgeRef>& first_ref, Diagnostics& diag) {
+  const auto edge_pos = [&](const std::string& from, const std::string& to) -> const Edge* {
+    for (const Edge& e : edges)
+      if (e.from == from && e.to == to) return &e;
+    return nullptr;
+  };
+  const auto at_node = [&](const NodeSpec& n, const std::string& msg) {
+    auto r = first_ref.find(n.name);
+    if (r != first_ref.end()) diag.error(r->second.line, r->second.col, msg);
+    else diag.error(n.line, n.col, msg);
+  };
+  // Sources declare what they deliver (encoded bytes, raw pixels as an image, features).
+  const Payload from_source = g.source_entry && g.source_entry->schema.produces != Payload::any
+                                  ? g.source_entry->schema.produces
+                                  : Payload::bytes;
+  std::vector<Payload> out(g.nodes.size(), Payload::any);
+  std::vector<const NodeSpec*> random_up(g.nodes.size(), nullptr);  // a random node upstream
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const NodeSpec& n = g.nodes[i];
+    const StageSchema& s = n.entry->schema;
+    const std::vector<int> consumers = g.consumers(static_cast<int>(i));
+    if (s.kind == StageKind::sink && !consumers.empty())
+      at_node(n, fmt::format("sink '{}' ({}) must end its branch, but it feeds '{}'", n.name, s.name,
+                          g.nodes[static_cast<size_t>(consumers[0])].name));
+    if (s.kind != StageKind::sink && consumers.empty())
+      diag.error(n.line, n.col, fmt::format("the branch ends at '{}' ({}), which is not a sink: every branch needs a "
+                                            "head or another sink at its end", n.name, n.stage));
+    if (s.kind == StageKind::join && n.inputs.size() < 2)
+      at_node(n, fmt::format("node '{}' ({}) joins several inputs but is fed by {}", n.name, s.name,
+                             n.inputs.empty() ? std::string("the source only")
+                                              : fmt::format("'{}' only", g.nodes[static_cast<size_t>(n.inputs[0])].name)));
+    if (s.kind != StageKind::join && n.inputs.size() > 1) {
+      const NodeSpec& second = g.nodes[static_cast<size_t>(n.inputs[1])];
+      const Edge* e = edge_pos(second.name, n.name);
+      diag.error(e ? e->line : n.line, e ? e->col : n.col,
+                 fmt::format("node '{}' ({}) takes one input but is fed by '{}' and '{}'; join them first (e.g. a "
+                             "'concat' node)", n.name, s.name, g.nodes[static_cast<size_t>(n.inputs[0])].name, second.name));
+    }
+    std::vector<std::pair<Payload, std::string>> ins;
+    if (n.inputs.empty()) ins.push_back({from_source, "the source"});
+    for (int in : n.inputs) {
+      ins.push_back({out[static_cast<size_t>(in)], fmt::format("'{}'", g.nodes[static_cast<size_t>(in)].name)});
+      if (!random_up[i]) random_up[i] = random_up[static_cast<size_t>(in)];
+    }
+    for (const auto& [have, from] : ins) {
+      const bool fits = s.consumes == Payload::any || have == Payload::any || s.consumes == have ||
+                        // a decoder takes encoded bytes or raw pixels alike
+                        (s.consumes == Payload::bytes && have == Payload::image);
+      if (fits) continue;
+      const std::string src = from == "the source" ? "" : from.substr(1, from.size() - 2);
+      const Edge* e = src.empty() ? nullptr : edge_pos(src, n.name);
+      const std::string msg = fmt::format("node '{}' ({}) consumes {} but receives {} from {}", n.name, s.name,
+                                          payload_name(s.consumes), payload_name(have), from);
+      if (e) diag.error(e->line, e->col, msg);
+      else at_node(n, msg);
+    }
+    if (s.kind == StageKind::cache && random_up[i] && n.params.integer("views") == 0)
+      at_node(n, fmt::format("cache '{}' keeps no views but random stage '{}' ({}) runs upstream: it would freeze "
+                             "one augmented view forever; set 'views: K' on the cache or move it before '{}'",
+                             n.name, random_up[i]->name, random_up[i]->stage, random_up[i]->name));
+    if (s.random) random_up[i] = &n;
+    out[i] = s.produces != Payload::any ? s.produces : ins.front().first;
+  }
+}
+
 }  // namespace
 
 std::vector<std::string> graph_plugins(const std::string& path) {
@@ -411,167 +621,12 @@ GraphSpec parse_graph(const std::string& text, const std::string& file,
     }
   }
 
-  // --- edges: chains "a -> b -> c"; a string or a list of strings.
-  std::map<std::string, std::string> next, prev;
+  // --- edges and topology
   std::map<std::string, EdgeRef> first_ref;
-  const YAML::Node edges = doc["edges"];
-  std::vector<YAML::Node> chains;
-  bool edges_ok = true;
-  // With no usable node map, every edge would be "unknown": one error is enough.
-  if (nodes && !nodes.IsMap()) {
-    edges_ok = false;
-  } else if (!edges) {
-    if (declared.size() > 1) diag.error(doc, "missing 'edges' (e.g. edges: [decode -> head])");
-  } else if (edges.IsScalar()) chains.push_back(edges);
-  else if (edges.IsSequence()) {
-    for (const auto& c : edges) {
-      if (c.IsScalar()) chains.push_back(c);
-      else diag.error(c, "edges", fmt::format("an edge chain must be a string like 'a -> b', got {}", yaml_kind(c)));
-    }
-  } else {
-    diag.error(edges, "edges", fmt::format("'edges' must be a list of chains like 'a -> b', got {}", yaml_kind(edges)));
-    edges_ok = false;
-  }
-  for (const YAML::Node& c : chains) {
-    std::vector<EdgeRef> refs = split_chain(c);
-    for (const EdgeRef& r : refs) {
-      if (r.name.empty()) {
-        diag.error(r.line, r.col, fmt::format("empty node name in edge chain '{}'", c.Scalar()));
-        edges_ok = false;
-      } else if (!node_keys.count(r.name)) {
-        std::vector<std::string> names;
-        for (const auto& [k, _] : node_keys) names.push_back(k);
-        const std::string hint = did_you_mean(r.name, names);
-        diag.error(r.line, r.col, fmt::format("edge to unknown node '{}'{}", r.name,
-                                              hint.empty() ? "" : fmt::format(" (did you mean '{}'?)", hint)));
-        edges_ok = false;
-      } else if (!first_ref.count(r.name)) first_ref.emplace(r.name, r);
-    }
-    if (refs.size() == 1 && !refs[0].name.empty() && node_keys.count(refs[0].name)) continue;
-    for (size_t i = 0; i + 1 < refs.size(); ++i) {
-      const EdgeRef& a = refs[i];
-      const EdgeRef& b = refs[i + 1];
-      if (a.name.empty() || b.name.empty() || !node_keys.count(a.name) || !node_keys.count(b.name)) continue;
-      if (a.name == b.name) {
-        diag.error(b.line, b.col, fmt::format("cycle: node '{}' feeds itself", a.name));
-        edges_ok = false;
-        continue;
-      }
-      auto n_it = next.find(a.name);
-      if (n_it != next.end() && n_it->second != b.name) {
-        diag.error(b.line, b.col, fmt::format("node '{}' already feeds '{}': pipe graphs are chains "
-                                              "(one input, one output per node)", a.name, n_it->second));
-        edges_ok = false;
-        continue;
-      }
-      auto p_it = prev.find(b.name);
-      if (p_it != prev.end() && p_it->second != a.name) {
-        diag.error(b.line, b.col, fmt::format("node '{}' is already fed by '{}': pipe graphs are chains "
-                                              "(one input, one output per node)", b.name, p_it->second));
-        edges_ok = false;
-        continue;
-      }
-      next[a.name] = b.name;
-      prev[b.name] = a.name;
-    }
-  }
-
-  // Order the chain from its head; report cycles and nodes outside it.
-  std::vector<std::string> order;
-  if (edges_ok && !declared.empty()) {
-    std::vector<std::string> heads;
-    for (const NodeSpec& n : declared)
-      if (!prev.count(n.name) && (next.count(n.name) || declared.size() == 1 || first_ref.count(n.name)))
-        heads.push_back(n.name);
-    // Cycle: nodes on edges that are unreachable from any head.
-    std::set<std::string> reached;
-    for (const std::string& h : heads) {
-      for (std::string cur = h; !cur.empty();) {
-        reached.insert(cur);
-        auto it = next.find(cur);
-        cur = it == next.end() ? "" : it->second;
-        if (reached.count(cur)) break;
-      }
-    }
-    bool cycle = false;
-    for (const auto& [a, b] : next)
-      if (!reached.count(a)) {
-        const EdgeRef& r = first_ref.at(b);
-        diag.error(r.line, r.col, fmt::format("cycle: '{}' -> '{}' leads back to '{}'", a, b, a));
-        cycle = true;
-        break;
-      }
-    if (!cycle) {
-      std::string longest;
-      size_t longest_len = 0;
-      std::map<std::string, size_t> chain_len;
-      for (const std::string& h : heads) {
-        size_t len = 0;
-        for (std::string cur = h; !cur.empty();) {
-          ++len;
-          auto it = next.find(cur);
-          cur = it == next.end() ? "" : it->second;
-        }
-        chain_len[h] = len;
-        if (len > longest_len) { longest_len = len; longest = h; }
-      }
-      for (std::string cur = longest; !cur.empty();) {
-        order.push_back(cur);
-        auto it = next.find(cur);
-        cur = it == next.end() ? "" : it->second;
-      }
-      std::set<std::string> in_chain(order.begin(), order.end());
-      for (const NodeSpec& n : declared)
-        if (!in_chain.count(n.name))
-          diag.error(n.line, n.col, fmt::format("node '{}' is not connected to the graph's chain "
-                                                "(starting at '{}')", n.name, longest));
-    }
-  }
-
-  for (const std::string& name : order)
-    for (NodeSpec& n : declared)
-      if (n.name == name) g.nodes.push_back(n);
-
-  // --- kinds in a possible order, payloads that fit, random stages before caches.
-  if (diag.ok() && !g.nodes.empty()) {
-    // Sources declare what they deliver (encoded bytes, raw pixels as an image, features).
-    Payload have = g.source_entry && g.source_entry->schema.produces != Payload::any
-                       ? g.source_entry->schema.produces
-                       : Payload::bytes;
-    const NodeSpec* random_upstream = nullptr;
-    for (size_t i = 0; i < g.nodes.size(); ++i) {
-      const NodeSpec& n = g.nodes[i];
-      const StageSchema& s = n.entry->schema;
-      const auto at_edge = [&](const std::string& msg) {
-        auto r = first_ref.find(n.name);
-        if (r != first_ref.end()) diag.error(r->second.line, r->second.col, msg);
-        else diag.error(n.line, n.col, msg);
-      };
-      if (s.kind == StageKind::sink && i + 1 != g.nodes.size())
-        at_edge(fmt::format("sink '{}' ({}) must be the last node, but it feeds '{}'", n.name,
-                            s.name, g.nodes[i + 1].name));
-      const bool fits = s.consumes == Payload::any || have == Payload::any || s.consumes == have ||
-                        // a decoder takes encoded bytes or raw pixels alike
-                        (s.consumes == Payload::bytes && have == Payload::image);
-      if (!fits)
-        at_edge(fmt::format("node '{}' ({}) consumes {} but receives {}{}", n.name, s.name,
-                            payload_name(s.consumes), payload_name(have),
-                            i == 0 ? " from the source" : fmt::format(" from '{}'", g.nodes[i - 1].name)));
-      if (s.kind == StageKind::cache) {
-        const int64_t views = n.params.has("views") ? n.params.integer("views") : 0;
-        if (random_upstream && views == 0)
-          at_edge(fmt::format("cache '{}' keeps no views but random stage '{}' ({}) runs upstream: "
-                              "it would freeze one augmented view forever; set 'views: K' on the "
-                              "cache or move it before '{}'", n.name, random_upstream->name,
-                              random_upstream->stage, random_upstream->name));
-      }
-      if (s.random) random_upstream = &n;
-      if (s.produces != Payload::any) have = s.produces;
-    }
-    if (g.nodes.back().entry->schema.kind != StageKind::sink)
-      diag.error(g.nodes.back().line, g.nodes.back().col,
-                 fmt::format("the chain ends at '{}' ({}), which is not a sink: a graph needs a head "
-                             "or another sink at its end", g.nodes.back().name, g.nodes.back().stage));
+  std::vector<Edge> edges;
+  if (read_edges(doc, nodes, node_keys, declared.size(), diag, &edges, &first_ref) && !declared.empty()) {
+    g.nodes = order_dag(declared, edges, first_ref, diag);
+    if (diag.ok()) check_topology(g, edges, first_ref, diag);
   }
 
   // --- train
@@ -664,7 +719,10 @@ GraphSpec parse_graph(const std::string& text, const std::string& file,
     }
     r["nodes"] = ns;
     YAML::Node es(YAML::NodeType::Sequence);
-    es.push_back(fmt::format("{}", fmt::join(names, " -> ")));
+    if (g.is_chain()) es.push_back(fmt::format("{}", fmt::join(names, " -> ")));
+    else
+      for (const NodeSpec& n : g.nodes)
+        for (int in : n.inputs) es.push_back(fmt::format("{} -> {}", g.nodes[static_cast<size_t>(in)].name, n.name));
     r["edges"] = es;
     YAML::Node t(YAML::NodeType::Map);
     t["epochs"] = g.train.epochs;

@@ -22,6 +22,9 @@ struct NodeSpec {
   Params params;
   const StageEntry* entry = nullptr;
   int line = 0, col = 0;
+  // Producers, as indices into GraphSpec::nodes (always earlier ones); empty: fed by the
+  // source. A join lists its inputs in the order the edges name them.
+  std::vector<int> inputs;
 };
 
 struct TrainSpec {
@@ -38,7 +41,7 @@ struct GraphSpec {
   std::string source;
   Params source_params;
   const StageEntry* source_entry = nullptr;
-  std::vector<NodeSpec> nodes;  // in chain order: nodes[0] is fed by the source
+  std::vector<NodeSpec> nodes;  // topological order (declaration order among peers)
   TrainSpec train;
   std::vector<std::string> plugins;  // resolved against dir
   OnError on_error = OnError::fail;
@@ -47,6 +50,9 @@ struct GraphSpec {
 
   const NodeSpec* find(const std::string& node) const;
   int index_of(const std::string& node) const;  // -1 when absent
+  // Indices of the nodes that take node i's output, in order.
+  std::vector<int> consumers(int i) const;
+  bool is_chain() const;  // every node has at most one input and one consumer
 };
 
 // Checks `map` (a YAML map of parameter values) against `schema`, fills defaults.

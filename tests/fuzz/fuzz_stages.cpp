@@ -15,11 +15,14 @@ namespace pipeline {
 namespace fuzz {
 
 void register_fuzz_stages(Registry& r) {
+  register_framework_stages(r);
   stages::register_fashion_mnist(r);
   stages::register_folder(r);
   stages::register_decode(r);
   stages::register_augment(r);
-  stages::register_cache(r);
+  stages::register_resize(r);
+  stages::register_concat(r);
+  stages::register_preview(r);
   for (StageSchema s : {stages::convbase_schema(), stages::dense_head_schema(), stages::train_base_schema()}) {
     const std::string name = s.name;
     r.add(std::move(s), [name](const Params&, const StageContext&) -> std::unique_ptr<Stage> {

@@ -41,6 +41,9 @@ class Registry {
   std::string origin_ = "built-in";
 };
 
+// Framework-owned nodes (`cache`), defined under pipeline/.
+void register_framework_stages(Registry& r);
+// The stage library under stages/ (stages/builtin.cpp).
 void register_builtin_stages(Registry& r);
 
 }  // namespace pipeline

@@ -54,6 +54,13 @@ struct Batch {
 class SampleError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
+  // `node`: the node the failure belongs to when it is not the one that throws (a cache read
+  // replaying a failure recorded at extraction names the node that failed then).
+  SampleError(const std::string& what, std::string node) : std::runtime_error(what), node_(std::move(node)) {}
+  const std::string& node() const { return node_; }
+
+ private:
+  std::string node_;
 };
 
 }  // namespace pipeline

@@ -24,6 +24,7 @@ enum class StageKind {
   batch_map,  // per-batch transform (convbase): batches, owns a device
   cache,      // memoizes everything upstream of it (handled by the framework)
   sink,       // consumes ordered batches (head training/evaluation)
+  join,       // per-sample fan-in: several inputs of one sample id -> one sample (concat)
 };
 enum class Concurrency { parallel, serial };
 const char* stage_kind_name(StageKind k);
@@ -42,6 +43,9 @@ struct StageSchema {
   // validation and test images are never augmented.
   bool random = false;
   bool has_device = false;
+  // Sinks only: the sink takes training passes only (e.g. `preview`); the planner leaves it,
+  // and whatever only it needs, out of validation and test passes.
+  bool train_only = false;
   Payload consumes = Payload::any;
   Payload produces = Payload::any;
   std::vector<ParamSpec> params;
@@ -79,6 +83,17 @@ class BatchStage : public Stage {
   virtual int batch_size() const = 0;
   // Replaces the payload of each sample (e.g. image -> features), keeping order.
   virtual void process(Batch& batch) = 0;
+};
+
+// Fan-in: one sample id arriving on every input edge, joined into one sample. The framework
+// matches inputs by sample id and calls process in sample order; a sample skipped on any
+// input never reaches the join.
+class JoinStage : public Stage {
+ public:
+  // `inputs` holds one sample per input edge, in the order the graph lists the edges. `out`
+  // starts as a copy of inputs[0]'s metadata (id, label, split, epoch, view, origin) with an
+  // empty payload.
+  virtual void process(std::vector<Sample>& inputs, Sample& out) = 0;
 };
 
 struct SplitMetrics {
@@ -127,6 +142,9 @@ class SinkStage : public Stage {
   virtual bool can_resume() const { return false; }
   virtual void save_state(const std::string& /*dir*/) const {}
   virtual void load_state(const std::string& /*dir*/) {}
+  // False for sinks that train nothing (e.g. `preview`): their end_epoch() metrics are not
+  // reported, and they take no part in choosing the best epoch.
+  virtual bool reports_metrics() const { return true; }
 };
 
 struct StageContext {
