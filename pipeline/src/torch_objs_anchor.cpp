@@ -1,1 +1,0 @@
-// Keeps the torch object library non-empty while its sources are being written.
