@@ -120,21 +120,34 @@ cv::Mat augment_apply(const cv::Mat& src, const AugmentDraws& d, const AugmentOp
 
 namespace {
 
+const auto kRotation = param::number("rotation", 0, "max rotation, degrees (theta ~ U(-r, r))").range(0, 180);
+const auto kWidthShift = param::number("width_shift", 0, "max column shift, fraction of width").range(0, 1);
+const auto kHeightShift = param::number("height_shift", 0, "max row shift, fraction of height").range(0, 1);
+const auto kShear =
+    param::number("shear", 0, "max shear angle (radians in keras-2.0.8, degrees in keras)").range(0, 360);
+const auto kZoom =
+    param::number("zoom", 0, "zoom range [1-z, 1+z]; row and column drawn independently").range(0, 1);
+const auto kHorizontalFlip = param::boolean("horizontal_flip", false, "flip columns with p = 0.5");
+const auto kVerticalFlip = param::boolean("vertical_flip", false, "flip rows with p = 0.5");
+const auto kFill = param::choice("fill",
+                                 {{"nearest", AugmentFill::nearest}, {"constant", AugmentFill::constant},
+                                  {"reflect", AugmentFill::reflect}, {"wrap", AugmentFill::wrap}},
+                                 AugmentFill::nearest, "points outside the input (scipy mode)");
+const auto kCval = param::number("cval", 0, "fill value for fill: constant").range(0, 255);
+const auto kSemantics = param::choice(
+    "semantics", {{"keras-2.0.8", AugmentSemantics::keras_2_0_8}, {"keras", AugmentSemantics::keras}},
+    AugmentSemantics::keras_2_0_8,
+    "keras-2.0.8: shear radians, nearest, offset H/2+0.5; keras: shear degrees, bilinear, offset H/2-0.5");
+
 class Augment : public MapStage {
  public:
   explicit Augment(const Params& p)
-      : rotation_(p.number("rotation")), width_shift_(p.number("width_shift")),
-        height_shift_(p.number("height_shift")), shear_(p.number("shear")),
-        zoom_(p.number("zoom")), hflip_(p.boolean("horizontal_flip")),
-        vflip_(p.boolean("vertical_flip")) {
-    const std::string& s = p.string("semantics");
-    opt_.semantics = s == "keras" ? AugmentSemantics::keras : AugmentSemantics::keras_2_0_8;
-    const std::string& f = p.string("fill");
-    opt_.fill = f == "constant"  ? AugmentFill::constant
-                : f == "reflect" ? AugmentFill::reflect
-                : f == "wrap"    ? AugmentFill::wrap
-                                 : AugmentFill::nearest;
-    opt_.cval = p.number("cval");
+      : rotation_(p.get(kRotation)), width_shift_(p.get(kWidthShift)),
+        height_shift_(p.get(kHeightShift)), shear_(p.get(kShear)), zoom_(p.get(kZoom)),
+        hflip_(p.get(kHorizontalFlip)), vflip_(p.get(kVerticalFlip)) {
+    opt_.semantics = p.get(kSemantics);
+    opt_.fill = p.get(kFill);
+    opt_.cval = p.get(kCval);
   }
 
   void process(Sample& sample, Rng& rng) override {
@@ -160,58 +173,26 @@ class Augment : public MapStage {
   AugmentOptions opt_;
 };
 
-ParamSpec param(std::string name, ParamType type, std::string doc, ParamValue def) {
-  ParamSpec p;
-  p.name = std::move(name);
-  p.type = type;
-  p.doc = std::move(doc);
-  p.default_value = std::move(def);
-  return p;
-}
-
-ParamSpec ranged(ParamSpec p, double lo, double hi) {
-  p.min = lo;
-  p.max = hi;
-  return p;
-}
-
 }  // namespace
 
 void register_augment(Registry& r) {
-  StageSchema s;
-  s.name = "augment";
-  s.doc = "Random affine augmentation (rotation, shift, shear, zoom, flips) with Keras "
-          "ImageDataGenerator semantics, warped once per image; training split only.";
-  s.kind = StageKind::map;
-  s.concurrency = Concurrency::parallel;
-  s.random = true;
-  s.consumes = Payload::image;
-  s.produces = Payload::image;
-  const ParamType num = ParamType::number;
-  s.param(ranged(param("rotation", num, "max rotation, degrees (theta ~ U(-r, r))", 0.0), 0, 180))
-      .param(ranged(param("width_shift", num, "max column shift, fraction of width", 0.0), 0, 1))
-      .param(ranged(param("height_shift", num, "max row shift, fraction of height", 0.0), 0, 1))
-      .param(ranged(param("shear", num, "max shear angle (radians in keras-2.0.8, degrees in keras)",
-                          0.0), 0, 360))
-      .param(ranged(param("zoom", num, "zoom range [1-z, 1+z]; row and column drawn independently",
-                          0.0), 0, 1))
-      .param(param("horizontal_flip", ParamType::boolean, "flip columns with p = 0.5", false))
-      .param(param("vertical_flip", ParamType::boolean, "flip rows with p = 0.5", false));
-  ParamSpec fill = param("fill", ParamType::string, "points outside the input (scipy mode)",
-                         std::string("nearest"));
-  fill.choices = {"nearest", "constant", "reflect", "wrap"};
-  s.param(fill).param(ranged(param("cval", num, "fill value for fill: constant", 0.0), 0, 255));
-  ParamSpec sem = param("semantics", ParamType::string,
-                        "keras-2.0.8: shear radians, nearest, offset H/2+0.5; keras: shear "
-                        "degrees, bilinear, offset H/2-0.5",
-                        std::string("keras-2.0.8"));
-  sem.choices = {"keras-2.0.8", "keras"};
-  s.param(sem);
-  s.example = "{stage: augment, rotation: 40, width_shift: 0.2, height_shift: 0.2, shear: 0.2, "
-              "zoom: 0.2, horizontal_flip: true, fill: nearest}";
-  r.add(std::move(s), [](const Params& p, const StageContext&) -> std::unique_ptr<Stage> {
-    return std::make_unique<Augment>(p);
-  });
+  r.add<Augment>(Schema("augment", "Random affine augmentation (rotation, shift, shear, zoom, flips) with Keras "
+                                   "ImageDataGenerator semantics, warped once per image; training split only.")
+                     .random()
+                     .consumes(Payload::image)
+                     .produces(Payload::image)
+                     .param(kRotation)
+                     .param(kWidthShift)
+                     .param(kHeightShift)
+                     .param(kShear)
+                     .param(kZoom)
+                     .param(kHorizontalFlip)
+                     .param(kVerticalFlip)
+                     .param(kFill)
+                     .param(kCval)
+                     .param(kSemantics)
+                     .example("{stage: augment, rotation: 40, width_shift: 0.2, height_shift: 0.2, shear: 0.2, "
+                              "zoom: 0.2, horizontal_flip: true, fill: nearest}"));
 }
 
 }  // namespace pipeline::stages

@@ -5,6 +5,10 @@
 #include "pipe/registry.h"
 
 namespace pipeline::stages {
+// The `interpolation` parameter of decode and resize: nearest | bilinear | area | bicubic,
+// read as the cv::InterpolationFlags value (defined in decode.cpp).
+Choice<int> interpolation_param(int default_filter);
+
 void register_fashion_mnist(Registry& r);
 void register_folder(Registry& r);
 void register_decode(Registry& r);

@@ -39,16 +39,11 @@ class Concat : public JoinStage {
 }  // namespace
 
 void register_concat(Registry& r) {
-  StageSchema s;
-  s.name = "concat";
-  s.doc = "Joins the features of one sample from several branches: each flattened, concatenated in edge order.";
-  s.kind = StageKind::join;
-  s.consumes = Payload::features;
-  s.produces = Payload::features;
-  s.example = "{stage: concat}";
-  r.add(std::move(s), [](const Params&, const StageContext&) -> std::unique_ptr<Stage> {
-    return std::make_unique<Concat>();
-  });
+  r.add<Concat>(Schema("concat", "Joins the features of one sample from several branches: each flattened, "
+                                 "concatenated in edge order.")
+                    .consumes(Payload::features)
+                    .produces(Payload::features)
+                    .example("{stage: concat}"));
 }
 
 }  // namespace pipeline::stages

@@ -93,19 +93,17 @@ bool supported_format(const std::vector<uint8_t>& b) {
   return webp_header(b, f);
 }
 
-int interpolation_flag(const std::string& s) {
-  if (s == "nearest") return cv::INTER_NEAREST;
-  if (s == "area") return cv::INTER_AREA;
-  if (s == "bicubic") return cv::INTER_CUBIC;
-  return cv::INTER_LINEAR;
-}
+const auto kSize = param::integers("size", {32, 32}, "output [height, width], pixels").range(1, 4096).length(2);
+const auto kInterp = interpolation_param(cv::INTER_LINEAR);
+const auto kMaxPixels = param::integer("max_pixels", 100000000,
+                                       "refuse images with more pixels (checked from the header when possible)")
+                            .min(1);
 
 class Decode : public MapStage {
  public:
   explicit Decode(const Params& p)
-      : interp_(interpolation_flag(p.string("interpolation"))),
-        max_pixels_(static_cast<uint64_t>(p.integer("max_pixels"))) {
-    const std::vector<int64_t> size = p.integers("size");
+      : interp_(p.get(kInterp)), max_pixels_(static_cast<uint64_t>(p.get(kMaxPixels))) {
+    const std::vector<int64_t> size = p.get(kSize);
     size_ = cv::Size(static_cast<int>(size[1]), static_cast<int>(size[0]));
   }
 
@@ -187,44 +185,25 @@ class Decode : public MapStage {
   uint64_t max_pixels_;
 };
 
-ParamSpec param(std::string name, ParamType type, std::string doc, ParamValue def) {
-  ParamSpec p;
-  p.name = std::move(name);
-  p.type = type;
-  p.doc = std::move(doc);
-  p.default_value = std::move(def);
-  return p;
-}
-
 }  // namespace
 
+Choice<int> interpolation_param(int default_filter) {
+  return param::choice<int>("interpolation",
+                            {{"nearest", cv::INTER_NEAREST}, {"bilinear", cv::INTER_LINEAR},
+                             {"area", cv::INTER_AREA}, {"bicubic", cv::INTER_CUBIC}},
+                            default_filter, "resize filter");
+}
+
 void register_decode(Registry& r) {
-  StageSchema s;
-  s.name = "decode";
-  s.doc = "Decodes encoded image bytes (JPEG, PNG, BMP, WebP; EXIF orientation applied) or "
-          "converts a gray/RGB/RGBA image to RGB uint8, resized to `size`.";
-  s.kind = StageKind::map;
-  s.concurrency = Concurrency::parallel;
-  s.random = false;
-  s.consumes = Payload::bytes;  // encoded bytes, or raw pixels as an image (the validator accepts both)
-  s.produces = Payload::image;
-  ParamSpec size = param("size", ParamType::integer_list, "output [height, width], pixels",
-                         std::vector<int64_t>{32, 32});
-  size.list_size = 2;
-  size.min = 1;
-  size.max = 4096;
-  ParamSpec interp = param("interpolation", ParamType::string, "resize filter",
-                           std::string("bilinear"));
-  interp.choices = {"nearest", "bilinear", "area", "bicubic"};
-  ParamSpec maxp = param("max_pixels", ParamType::integer,
-                         "refuse images with more pixels (checked from the header when possible)",
-                         int64_t{100000000});
-  maxp.min = 1;
-  s.param(size).param(interp).param(maxp);
-  s.example = "{stage: decode, size: [150, 150], interpolation: area}";
-  r.add(std::move(s), [](const Params& p, const StageContext&) -> std::unique_ptr<Stage> {
-    return std::make_unique<Decode>(p);
-  });
+  r.add<Decode>(Schema("decode", "Decodes encoded image bytes (JPEG, PNG, BMP, WebP; EXIF orientation applied) or "
+                                 "converts a gray/RGB/RGBA image to RGB uint8, resized to `size`.")
+                    // encoded bytes, or raw pixels as an image (the validator accepts both)
+                    .consumes(Payload::bytes)
+                    .produces(Payload::image)
+                    .param(kSize)
+                    .param(kInterp)
+                    .param(kMaxPixels)
+                    .example("{stage: decode, size: [150, 150], interpolation: area}"));
 }
 
 }  // namespace pipeline::stages

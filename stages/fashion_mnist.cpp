@@ -86,13 +86,21 @@ struct Part {  // one IDX pair: train or t10k
   std::vector<uint8_t> label_of;  // per file index
 };
 
+const auto kPath = param::string("path", "/usr/share/datasets/fashion-mnist",
+                                 "directory holding the four *-ubyte.gz files (relative: to the graph's directory)");
+const auto kClasses =
+    param::strings("classes", {"shirt", "t-shirt"}, "class slugs; label = position in this list").one_of(kClassNames);
+const auto kPerClass = param::integers("per_class", {1000, 500, 500}, "images per class for [train, validation, test]")
+                           .min(0)
+                           .length(3);
+const auto kSplitSeed = param::integer("split_seed", 1, "seed of the selection and sample order");
+
 class FashionMnist : public Source {
  public:
   FashionMnist(const Params& p, const SourceContext& ctx)
-      : dir_((fs::path(ctx.graph_dir) / p.string("path")).lexically_normal().string()),
-        names_(p.strings("classes")) {
-    const std::vector<int64_t> counts = p.integers("per_class");
-    const uint64_t seed = static_cast<uint64_t>(p.integer("split_seed"));
+      : dir_(ctx.resolve(p.get(kPath))), names_(p.get(kClasses)) {
+    const std::vector<int64_t> counts = p.get(kPerClass);
+    const uint64_t seed = static_cast<uint64_t>(p.get(kSplitSeed));
     std::vector<int> ids;
     for (const std::string& c : names_) {
       auto it = std::find(kClassNames.begin(), kClassNames.end(), c);
@@ -222,29 +230,15 @@ class FashionMnist : public Source {
 }  // namespace
 
 void register_fashion_mnist(Registry& r) {
-  StageSchema s;
-  s.name = "fashion_mnist";
-  s.doc = "Fashion-MNIST from gzipped IDX files: a seeded, class-balanced selection of 28x28 "
-          "gray images; train and validation from the training file, test from t10k.";
-  s.produces = Payload::image;
-  auto param = [&s](std::string name, ParamType type, std::string doc, ParamValue def) -> ParamSpec& {
-    s.param(ParamSpec{std::move(name), type, std::move(doc), std::move(def), {}, {}, {}, -1});
-    return s.params.back();
-  };
-  param("path", ParamType::string, "directory holding the four *-ubyte.gz files (relative: to "
-        "the graph's directory)", std::string("/usr/share/datasets/fashion-mnist"));
-  param("classes", ParamType::string_list, "class slugs; label = position in this list",
-        std::vector<std::string>{"shirt", "t-shirt"}).choices = kClassNames;
-  ParamSpec& per_class = param("per_class", ParamType::integer_list,
-                               "images per class for [train, validation, test]",
-                               std::vector<int64_t>{1000, 500, 500});
-  per_class.list_size = 3;
-  per_class.min = 0;
-  param("split_seed", ParamType::integer, "seed of the selection and sample order", int64_t{1});
-  s.example = "{source: fashion_mnist, classes: [shirt, t-shirt], per_class: [1000, 500, 500]}";
-  r.add_source(std::move(s), [](const Params& p, const SourceContext& ctx) -> std::unique_ptr<Source> {
-    return std::make_unique<FashionMnist>(p, ctx);
-  });
+  r.add_source<FashionMnist>(
+      Schema("fashion_mnist", "Fashion-MNIST from gzipped IDX files: a seeded, class-balanced selection of 28x28 "
+                              "gray images; train and validation from the training file, test from t10k.")
+          .produces(Payload::image)
+          .param(kPath)
+          .param(kClasses)
+          .param(kPerClass)
+          .param(kSplitSeed)
+          .example("{source: fashion_mnist, classes: [shirt, t-shirt], per_class: [1000, 500, 500]}"));
 }
 
 }  // namespace pipeline::stages

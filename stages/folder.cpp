@@ -59,10 +59,13 @@ std::vector<fs::path> list(const fs::path& dir, bool dirs) {
   return out;
 }
 
+const auto kPath = param::string("path", param::required, "root of the tree (relative: to the graph file's directory)");
+const auto kSplitSeed = param::integer("split_seed", 1, "seed of the sample order within each split");
+
 class Folder : public Source {
  public:
   Folder(const Params& p, const SourceContext& ctx)
-      : root_((fs::path(ctx.graph_dir) / p.string("path")).lexically_normal()) {
+      : root_(ctx.resolve(p.get(kPath))) {
     std::error_code ec;
     if (!fs::is_directory(root_, ec))
       throw std::runtime_error(fmt::format("folder: {} is not a directory", root_.string()));
@@ -72,7 +75,7 @@ class Folder : public Source {
         names.insert(d.filename().string());
     classes_.assign(names.begin(), names.end());  // std::set: sorted by name
 
-    const uint64_t seed = static_cast<uint64_t>(p.integer("split_seed"));
+    const uint64_t seed = static_cast<uint64_t>(p.get(kSplitSeed));
     std::string listing;
     size_t total = 0;
     for (Split s : kAllSplits) {
@@ -178,25 +181,12 @@ class Folder : public Source {
 }  // namespace
 
 void register_folder(Registry& r) {
-  StageSchema s;
-  s.name = "folder";
-  s.doc = "A class-folder tree ROOT/{train,validation,test}/<class>/<image> (Keras "
-          "flow_from_directory layout); samples carry the encoded file bytes.";
-  s.produces = Payload::bytes;
-  ParamSpec path;
-  path.name = "path";
-  path.type = ParamType::string;
-  path.doc = "root of the tree (relative: to the graph file's directory)";
-  ParamSpec seed;
-  seed.name = "split_seed";
-  seed.type = ParamType::integer;
-  seed.doc = "seed of the sample order within each split";
-  seed.default_value = int64_t{1};
-  s.param(path).param(seed);
-  s.example = "{source: folder, path: ../data/cats_and_dogs_small}";
-  r.add_source(std::move(s), [](const Params& p, const SourceContext& ctx) -> std::unique_ptr<Source> {
-    return std::make_unique<Folder>(p, ctx);
-  });
+  r.add_source<Folder>(Schema("folder", "A class-folder tree ROOT/{train,validation,test}/<class>/<image> (Keras "
+                                        "flow_from_directory layout); samples carry the encoded file bytes.")
+                           .produces(Payload::bytes)
+                           .param(kPath)
+                           .param(kSplitSeed)
+                           .example("{source: folder, path: ../data/cats_and_dogs_small}"));
 }
 
 }  // namespace pipeline::stages

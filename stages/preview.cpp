@@ -21,16 +21,21 @@
 #include <opencv2/imgproc.hpp>
 
 #include "builtin.h"
-#include "json.h"
+#include "files.h"
 
 namespace pipeline::stages {
 namespace {
 
+const auto kCount = param::integer("count", 16, "images per sheet").range(1, 1024);
+const auto kColumns = param::integer("columns", 4, "tiles per row").range(1, 256);
+const auto kEpochs = param::integer("epochs", 3, "write sheets for epochs 1..E").range(1, 100000);
+const auto kScale = param::integer("scale", 4, "integer upscale of each tile").range(1, 32);
+
 class Preview : public SinkStage {
  public:
   Preview(const Params& p, const StageContext& ctx)
-      : node_(ctx.node), count_(static_cast<int>(p.integer("count"))), columns_(static_cast<int>(p.integer("columns"))),
-        epochs_(static_cast<int>(p.integer("epochs"))), scale_(static_cast<int>(p.integer("scale"))) {}
+      : node_(ctx.node), count_(static_cast<int>(p.get(kCount))), columns_(static_cast<int>(p.get(kColumns))),
+        epochs_(static_cast<int>(p.get(kEpochs))), scale_(static_cast<int>(p.get(kScale))) {}
 
   void begin_run(const RunInfo& run) override { out_dir_ = run.out_dir; }
   void begin_epoch(Split split, int epoch) override {
@@ -85,21 +90,15 @@ class Preview : public SinkStage {
 }  // namespace
 
 void register_preview(Registry& r) {
-  StageSchema s;
-  s.name = "preview";
-  s.doc = "Writes a PNG contact sheet of the first images of each early training epoch into the run directory.";
-  s.kind = StageKind::sink;
-  s.concurrency = Concurrency::serial;
-  s.train_only = true;
-  s.consumes = Payload::image;
-  s.param({"count", ParamType::integer, "images per sheet", ParamValue{int64_t{16}}, 1, 1024, {}, -1});
-  s.param({"columns", ParamType::integer, "tiles per row", ParamValue{int64_t{4}}, 1, 256, {}, -1});
-  s.param({"epochs", ParamType::integer, "write sheets for epochs 1..E", ParamValue{int64_t{3}}, 1, 100000, {}, -1});
-  s.param({"scale", ParamType::integer, "integer upscale of each tile", ParamValue{int64_t{4}}, 1, 32, {}, -1});
-  s.example = "{stage: preview, count: 16, columns: 4}";
-  r.add(std::move(s), [](const Params& p, const StageContext& ctx) -> std::unique_ptr<Stage> {
-    return std::make_unique<Preview>(p, ctx);
-  });
+  r.add<Preview>(Schema("preview", "Writes a PNG contact sheet of the first images of each early training "
+                                   "epoch into the run directory.")
+                     .train_only()
+                     .consumes(Payload::image)
+                     .param(kCount)
+                     .param(kColumns)
+                     .param(kEpochs)
+                     .param(kScale)
+                     .example("{stage: preview, count: 16, columns: 4}"));
 }
 
 }  // namespace pipeline::stages

@@ -18,17 +18,13 @@
 namespace pipeline::stages {
 namespace {
 
-int interpolation(const std::string& name) {
-  if (name == "nearest") return cv::INTER_NEAREST;
-  if (name == "area") return cv::INTER_AREA;
-  if (name == "bicubic") return cv::INTER_CUBIC;
-  return cv::INTER_LINEAR;
-}
+const auto kSize = param::integers("size", param::required, "output [height, width], pixels").range(1, 4096).length(2);
+const auto kInterp = interpolation_param(cv::INTER_AREA);
 
 class Resize : public MapStage {
  public:
-  explicit Resize(const Params& p) : interp_(interpolation(p.string("interpolation"))) {
-    const std::vector<int64_t> size = p.integers("size");
+  explicit Resize(const Params& p) : interp_(p.get(kInterp)) {
+    const std::vector<int64_t> size = p.get(kSize);
     size_ = cv::Size(static_cast<int>(size[1]), static_cast<int>(size[0]));
   }
 
@@ -48,20 +44,12 @@ class Resize : public MapStage {
 }  // namespace
 
 void register_resize(Registry& r) {
-  StageSchema s;
-  s.name = "resize";
-  s.doc = "Resizes an RGB image to `size` (a second scale of one decoded image on another branch).";
-  s.kind = StageKind::map;
-  s.consumes = Payload::image;
-  s.produces = Payload::image;
-  ParamSpec size{"size", ParamType::integer_list, "output [height, width], pixels", std::nullopt, 1, 4096, {}, 2};
-  ParamSpec interp{"interpolation", ParamType::string, "resize filter", ParamValue{std::string("area")}, {}, {},
-                   {"nearest", "bilinear", "area", "bicubic"}, -1};
-  s.param(size).param(interp);
-  s.example = "{stage: resize, size: [32, 32]}";
-  r.add(std::move(s), [](const Params& p, const StageContext&) -> std::unique_ptr<Stage> {
-    return std::make_unique<Resize>(p);
-  });
+  r.add<Resize>(Schema("resize", "Resizes an RGB image to `size` (a second scale of one decoded image on another branch).")
+                    .consumes(Payload::image)
+                    .produces(Payload::image)
+                    .param(kSize)
+                    .param(kInterp)
+                    .example("{stage: resize, size: [32, 32]}"));
 }
 
 }  // namespace pipeline::stages

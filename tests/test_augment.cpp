@@ -9,7 +9,7 @@
 
 #include "augment.h"
 #include "pipe/stage.h"
-#include "testing.h"
+#include "pipe/testing.h"
 
 using namespace pipeline;
 using stages::AugmentDraws;

@@ -11,7 +11,7 @@
 #include <opencv2/core.hpp>
 
 #include "pipe/stage.h"
-#include "testing.h"
+#include "pipe/testing.h"
 #include "torch_runtime.h"
 
 using namespace pipeline;

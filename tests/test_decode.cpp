@@ -6,7 +6,7 @@
 
 #include "pipe/source.h"
 #include "pipe/stage.h"
-#include "testing.h"
+#include "pipe/testing.h"
 
 using namespace pipeline;
 

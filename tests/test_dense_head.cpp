@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 #include "pipe/stage.h"
-#include "testing.h"
+#include "pipe/testing.h"
 #include "torch_runtime.h"
 
 using namespace pipeline;

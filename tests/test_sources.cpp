@@ -13,7 +13,7 @@
 
 #include "pipe/source.h"
 #include "pipe/stage.h"
-#include "testing.h"
+#include "pipe/testing.h"
 
 using namespace pipeline;
 namespace fs = std::filesystem;

@@ -23,10 +23,16 @@ namespace {
 
 using namespace pipeline;
 
-class Cutout : public MapStage {
+// The parameters, declared once: the schema lists them (pipe stages, pipe validate) and the
+// constructor reads the validated values back through them.
+const auto kSize = param::integer("size", 8, "side of the square, pixels").range(1, 4096);
+const auto kP = param::number("p", 0.5, "probability that a sample is erased").range(0, 1);
+const auto kFill = param::number("fill", 0, "grey level of the square").range(0, 255);
+
+class Cutout : public MapStage {  // MapStage: registered as a per-sample map
  public:
   explicit Cutout(const Params& p)
-      : size_(static_cast<int>(p.integer("size"))), p_(p.number("p")), fill_(p.number("fill")) {}
+      : size_(static_cast<int>(p.get(kSize))), p_(p.get(kP)), fill_(p.get(kFill)) {}
 
   // Called concurrently on different samples (Concurrency::parallel): it only reads members.
   void process(Sample& s, Rng& rng) override {
@@ -56,20 +62,16 @@ class Cutout : public MapStage {
 };
 
 void register_stages(Registry& r) {
-  StageSchema s;
-  s.name = "cutout";
-  s.doc = "Random erasing: with probability p, fills a size x size square at a random position "
-          "with a constant grey level (DeVries & Taylor 2017); training split only.";
-  s.kind = StageKind::map;
-  s.concurrency = Concurrency::parallel;
-  s.random = true;
-  s.consumes = Payload::image;
-  s.produces = Payload::image;
-  s.param({"size", ParamType::integer, "side of the square, pixels", ParamValue{int64_t{8}}, 1, 4096, {}, -1});
-  s.param({"p", ParamType::number, "probability that a sample is erased", ParamValue{0.5}, 0, 1, {}, -1});
-  s.param({"fill", ParamType::number, "grey level of the square", ParamValue{0.0}, 0, 255, {}, -1});
-  s.example = "{stage: cutout, size: 8, p: 0.5, fill: 0}";
-  r.add(s, [](const Params& p, const StageContext&) { return std::make_unique<Cutout>(p); });
+  // The kind (per-sample map) comes from Cutout's base class; each node gets Cutout(params).
+  r.add<Cutout>(Schema("cutout", "Random erasing: with probability p, fills a size x size square at a random "
+                                 "position with a constant grey level (DeVries & Taylor 2017); training split only.")
+                    .random()  // draws from the per-sample stream: training split only
+                    .consumes(Payload::image)
+                    .produces(Payload::image)
+                    .param(kSize)
+                    .param(kP)
+                    .param(kFill)
+                    .example("{stage: cutout, size: 8, p: 0.5, fill: 0}"));
 }
 
 }  // namespace

@@ -28,38 +28,25 @@
 namespace pipeline {
 
 namespace {
-class CacheNode : public Stage {};
+class CacheNode : public CacheStage {};
+
+const auto kDir =
+    param::string("dir", "", "cache root (\"\": $PIPE_CACHE_DIR, else $XDG_CACHE_HOME/pipe, else ~/.cache/pipe)");
+const auto kViews = param::integer("views", 0,
+                                   "0: plain memo of a deterministic upstream; K >= 1: keep K augmented views per "
+                                   "training sample, each epoch reads one per sample")
+                        .range(0, 1024);
 }  // namespace
 
 void register_framework_stages(Registry& r) {
-  StageSchema s;
-  s.name = "cache";
-  s.doc = "Memoizes everything upstream (conv-base features) in a content-addressed on-disk "
-          "store: once a split is complete, later epochs and runs read it back and the "
-          "upstream nodes do not run. views: K keeps K augmented views per training sample.";
-  s.kind = StageKind::cache;
-  s.concurrency = Concurrency::serial;
-  s.consumes = Payload::features;
-  s.produces = Payload::features;
-  ParamSpec dir;
-  dir.name = "dir";
-  dir.type = ParamType::string;
-  dir.doc = "cache root (\"\": $PIPE_CACHE_DIR, else $XDG_CACHE_HOME/pipe, else ~/.cache/pipe)";
-  dir.default_value = ParamValue{std::string()};
-  s.param(dir);
-  ParamSpec views;
-  views.name = "views";
-  views.type = ParamType::integer;
-  views.doc = "0: plain memo of a deterministic upstream; K >= 1: keep K augmented views per "
-              "training sample, each epoch reads one per sample";
-  views.default_value = ParamValue{int64_t{0}};
-  views.min = 0;
-  views.max = 1024;
-  s.param(views);
-  s.example = "memo: {stage: cache}";
-  r.add(std::move(s), [](const Params&, const StageContext&) -> std::unique_ptr<Stage> {
-    return std::make_unique<CacheNode>();
-  });
+  r.add<CacheNode>(Schema("cache", "Memoizes everything upstream (conv-base features) in a content-addressed on-disk "
+                                   "store: once a split is complete, later epochs and runs read it back and the "
+                                   "upstream nodes do not run. views: K keeps K augmented views per training sample.")
+                       .consumes(Payload::features)
+                       .produces(Payload::features)
+                       .param(kDir)
+                       .param(kViews)
+                       .example("memo: {stage: cache}"));
 }
 
 }  // namespace pipeline

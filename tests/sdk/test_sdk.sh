@@ -2,7 +2,8 @@
 # The plugin SDK end to end, as a user meets it: install pipe into a prefix, build
 # examples/custom_stage out of tree against it, and use the plugin from the installed pipe
 # (--plugin, PIPE_PLUGIN_PATH, the graph's plugins: list), deterministic at 1 and 2 threads;
-# a plugin stage that throws fails the run naming plugin, stage, node and sample.
+# a plugin stage that throws fails the run naming plugin, stage, node and sample; the example's
+# own Catch2 test (the stage harness, <pipe/testing.h>) builds and passes there too.
 #   test_sdk.sh BUILD_DIR SOURCE_DIR          (~10 s on 2 cores once pipe is built)
 set -euo pipefail
 build=$1
@@ -45,6 +46,10 @@ plugin="$tmp/build/libpipe_cutout.so"
 [ -f "$plugin" ] || fail "no plugin built"
 # Hidden visibility: the entry point is the only C++-visible symbol the plugin defines.
 nm -D --defined-only "$plugin" | grep -q " T pipe_plugin_entry$" || fail "pipe_plugin_entry not exported"
+# The example's own unit test (test_cutout.cpp, Catch2 + <pipe/testing.h>), built above when
+# Catch2 is installed (it is wherever pipe's tests build).
+[ -x "$tmp/build/test_cutout" ] || fail "the example's test_cutout was not built"
+ctest --test-dir "$tmp/build" --output-on-failure > "$tmp/ctest.log" 2>&1 || { cat "$tmp/ctest.log"; fail "the example's test"; }
 
 # --- pipe stages: through --plugin and PIPE_PLUGIN_PATH, and not without them
 # (Captured first: grep -q closing the pipe early would fail the pipeline under pipefail.)
@@ -71,7 +76,7 @@ for t in 1 2; do
   # 2 classes x 40 training images x 2 epochs; never on validation or test images.
   grep -A2 '"node": "cut"' "$tmp/run$t/profile.json" | grep -q '"items": 160,' || fail "cutout did not run on exactly the 160 training samples"
 done
-strip_times() { sed 's/, "seconds".*//' "$1"; }
+strip_times() { sed 's/,"seconds".*//' "$1"; }
 [ "$(wc -l < "$tmp/run1/metrics.jsonl")" -eq 2 ] || fail "expected 2 metrics lines"
 [ "$(strip_times "$tmp/run1/metrics.jsonl")" = "$(strip_times "$tmp/run2/metrics.jsonl")" ] || {
   cat "$tmp/run1/metrics.jsonl" "$tmp/run2/metrics.jsonl"; fail "metrics differ between 1 and 2 threads"; }

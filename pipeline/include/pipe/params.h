@@ -44,6 +44,10 @@ class Params {
   std::vector<int64_t> integers(const std::string& name) const;
   std::vector<double> numbers(const std::string& name) const;
   const std::vector<std::string>& strings(const std::string& name) const;
+  // The value of a declared parameter (pipe/schema.h), with its declared type: a
+  // Param<T> gives a T, a Choice<E> the E its name maps to.
+  template <typename Decl>
+  typename Decl::value_type get(const Decl& decl) const { return decl.read(*this); }
 
   const std::map<std::string, ParamValue>& values() const { return values_; }
   // Sorted "name=value;..." form: the node's contribution to cache fingerprints.

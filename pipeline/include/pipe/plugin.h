@@ -2,7 +2,7 @@
 // `pipe_plugin_entry`, returning a descriptor. The loader checks the descriptor before it
 // calls anything else in the library and refuses a mismatch with a message naming both sides.
 //
-//   static void register_stages(pipeline::Registry& r) { r.add(schema, factory); }
+//   static void register_stages(pipeline::Registry& r) { r.add<MyStage>(schema); }  // pipe/schema.h
 //   PIPE_PLUGIN("my_stages", "1.0.0", register_stages)
 #pragma once
 
