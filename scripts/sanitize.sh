@@ -13,9 +13,9 @@ source scripts/install_missing.sh
 ROOT=$PWD
 
 # clang + its runtimes (libFuzzer) for the fuzz job; dpkg-dev (dpkg-source) to unpack
-# Debian's oneTBB source for the TSan job; libxxhash-dev (also in scripts/dev.sh) for the
-# cache store that fuzz_cache links. The rest comes from scripts/dev.sh.
-PACKAGES=(clang-14 libclang-rt-14-dev dpkg-dev libxxhash-dev)
+# Debian's oneTBB source for the TSan job; libxxhash-dev and nlohmann-json3-dev (also in
+# scripts/dev.sh) for the cache store that fuzz_cache links. The rest comes from scripts/dev.sh.
+PACKAGES=(clang-14 libclang-rt-14-dev dpkg-dev libxxhash-dev nlohmann-json3-dev)
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 
 # Tests per job, as ctest labels (one label per test executable, tests/CMakeLists.txt).

@@ -21,14 +21,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <yaml-cpp/yaml.h>
+#include <nlohmann/json.hpp>
 
 // The one-shot reference for Hasher, compiled here (static, renamed symbols): no link needed.
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
 #include "cache_store.h"
-#include "testing.h"
+#include "pipe/testing.h"
 
 using namespace pipeline;
 
@@ -293,20 +293,20 @@ TEST_CASE("feature cache entries", "[cache]") {
     for (int k = 0; k < 6; ++k) CHECK(b.ptr()[k] == value(2, 1, k));
 
     // The manifest, read back as JSON.
-    const YAML::Node m = YAML::LoadFile(cache.manifest_path(fp, "train"));
-    CHECK(m["fingerprint"].as<std::string>() == fp);
-    CHECK(m["split"].as<std::string>() == "train");
-    CHECK(m["count"].as<int>() == 5);
-    CHECK(m["views"].as<int>() == 2);
-    CHECK(m["dtype"].as<std::string>() == "float32");
-    CHECK(m["feature_shape"].as<std::vector<int64_t>>() == std::vector<int64_t>{3, 2});
-    CHECK(m["labels"].as<std::vector<int>>() == std::vector<int>{0, 1, 0, -1, 0});
-    CHECK(m["skipped"][0]["id"].as<int>() == 3);
-    CHECK(m["skipped"][0]["reason"].as<std::string>() == "unreadable #3");
-    CHECK(m["bytes"].as<uint64_t>() == read_all(cache.npy_path(fp, "train")).size());
-    CHECK(m["checksum"].as<std::string>() == hash_file(cache.npy_path(fp, "train")));
-    CHECK(m["created"].as<std::string>().size() == 20);
-    CHECK_FALSE(m["pipe_version"].as<std::string>().empty());
+    const auto m = nlohmann::json::parse(std::ifstream(cache.manifest_path(fp, "train")));
+    CHECK(m.at("fingerprint") == fp);
+    CHECK(m.at("split") == "train");
+    CHECK(m.at("count") == 5);
+    CHECK(m.at("views") == 2);
+    CHECK(m.at("dtype") == "float32");
+    CHECK(m.at("feature_shape").get<std::vector<int64_t>>() == std::vector<int64_t>{3, 2});
+    CHECK(m.at("labels").get<std::vector<int>>() == std::vector<int>{0, 1, 0, -1, 0});
+    CHECK(m.at("skipped").at(0).at("id") == 3);
+    CHECK(m.at("skipped").at(0).at("reason") == "unreadable #3");
+    CHECK(m.at("bytes") == read_all(cache.npy_path(fp, "train")).size());
+    CHECK(m.at("checksum") == hash_file(cache.npy_path(fp, "train")));
+    CHECK(m.at("created").get<std::string>().size() == 20);
+    CHECK_FALSE(m.at("pipe_version").get<std::string>().empty());
   }
 
   SECTION("a large entry is verified and read without staying resident") {
@@ -479,14 +479,14 @@ TEST_CASE("feature cache entries", "[cache]") {
       const std::string npy = cache.npy_path(fp, "train");
       const std::string manifest = cache.manifest_path(fp, "train");
       REQUIRE(cache.open(fp, "train"));
-      REQUIRE(YAML::LoadFile(manifest)["format_version"].as<int>() == 2);
+      REQUIRE(nlohmann::json::parse(std::ifstream(manifest)).at("format_version") == 2);
       std::string text = read_all(manifest);
       const std::string field = "\"format_version\": 2";
       const size_t at = text.find(field);
       REQUIRE(at != std::string::npos);
       text.replace(at, field.size(), "\"format_version\": " + std::to_string(version));
       std::ofstream(manifest, std::ios::binary | std::ios::trunc) << text;
-      REQUIRE(YAML::LoadFile(manifest)["format_version"].as<int>() == version);
+      REQUIRE(nlohmann::json::parse(std::ifstream(manifest)).at("format_version") == version);
       REQUIRE(cache.list().size() == 1);
 
       std::shared_ptr<const FeatureCache::Entry> e;
@@ -506,10 +506,10 @@ TEST_CASE("feature cache entries", "[cache]") {
     auto again = cache.open(fp, "train");
     REQUIRE(again);
     CHECK(again->features(4, 1).ptr()[5] == value(4, 1, 5));
-    const YAML::Node m = YAML::LoadFile(cache.manifest_path(fp, "train"));
-    CHECK(m["format"].as<std::string>() == "pipe feature cache");
-    CHECK(m["format_version"].as<int>() == 2);
-    CHECK(m["checksum_algorithm"].as<std::string>().rfind("XXH3-128", 0) == 0);
+    const auto m = nlohmann::json::parse(std::ifstream(cache.manifest_path(fp, "train")));
+    CHECK(m.at("format") == "pipe feature cache");
+    CHECK(m.at("format_version") == 2);
+    CHECK(m.at("checksum_algorithm").get<std::string>().rfind("XXH3-128", 0) == 0);
   }
 
   SECTION("a manifest claiming rows that overflow, or too many dimensions, is refused") {

@@ -14,7 +14,7 @@
 #include <fmt/format.h>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
-#include <yaml-cpp/yaml.h>
+#include <nlohmann/json.hpp>
 
 #include "cache_store.h"
 #include "runner.h"
@@ -82,9 +82,8 @@ RunResult run(const std::string& graph, const fs::path& data, std::vector<std::s
 }
 
 int64_t items(const RunResult& r, const std::string& node) {
-  YAML::Node prof = YAML::Load(r.profile.dump());
-  for (const auto& n : prof)
-    if (n["node"].as<std::string>() == node) return n["items"].as<int64_t>();
+  for (const auto& n : r.profile)
+    if (n.at("node") == node) return n.at("items").get<int64_t>();
   return 0;  // a node that did not run is absent from the profile
 }
 
@@ -114,10 +113,10 @@ void check_counts(const RunResult& r) {
     CHECK(e.validation.count == 2 * kValidation);
   }
   CHECK(r.test.count == 2 * kTest);
-  YAML::Node s = YAML::Load(r.summary.dump());
-  CHECK(s["status"].as<std::string>() == "completed");
-  CHECK(s["test_count"].as<int>() == 2 * kTest);
-  CHECK(s["epochs_completed"].as<int>() == 2);
+  const auto& s = r.summary;
+  CHECK(s.at("status") == "completed");
+  CHECK(s.at("test_count") == 2 * kTest);
+  CHECK(s.at("epochs_completed") == 2);
 }
 
 }  // namespace

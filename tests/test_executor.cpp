@@ -5,6 +5,8 @@
 #include <filesystem>
 #include <random>
 
+#include <nlohmann/json.hpp>
+
 #include "executor.h"
 #include "runner.h"
 #include "spec.h"
@@ -48,10 +50,10 @@ Record run_with_threads(int threads, const std::string& yaml, std::vector<std::s
   RunResult r = run_graph(g, cfg);
   Record rec;
   rec.seen = test::last_seen();
-  Json m = Json::array();
+  auto m = nlohmann::json::array();
   for (const EpochMetrics& e : r.epochs)
-    m.push(Json(Json::Array{Json(e.train.loss), Json(e.train.accuracy), Json(e.validation.loss), Json(e.validation.accuracy)}));
-  m.push(Json(r.test.accuracy));
+    m.push_back({e.train.loss, e.train.accuracy, e.validation.loss, e.validation.accuracy});
+  m.push_back(r.test.accuracy);
   rec.summary_metrics = m.dump();
   return rec;
 }

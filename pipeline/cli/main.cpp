@@ -102,13 +102,213 @@ void print_table(const RunResult& r) {
 
 void print_profile(const RunResult& r) {
   std::printf("\n%-16s %-12s %9s %9s %11s %11s\n", "node", "stage", "items", "busy s", "queued s*", "items/s");
-  // Re-read from the JSON the run saved, so the printout is what profile.json holds.
-  YAML::Node prof = YAML::Load(r.profile.dump());
-  for (const auto& n : prof)
-    std::printf("%-16s %-12s %9lld %9.2f %11.2f %11.1f\n", n["node"].as<std::string>().c_str(),
-                n["stage"].as<std::string>().c_str(), n["items"].as<long long>(), n["busy_seconds"].as<double>(),
-                n["blocked_sample_seconds"].as<double>(), n["items_per_s"].as<double>());
+  // From the JSON the run saved, so the printout is what profile.json holds.
+  for (const auto& n : r.profile)
+    std::printf("%-16s %-12s %9lld %9.2f %11.2f %11.1f\n", n.at("node").get<std::string>().c_str(),
+                n.at("stage").get<std::string>().c_str(), n.at("items").get<long long>(), n.at("busy_seconds").get<double>(),
+                n.at("blocked_sample_seconds").get<double>(), n.at("items_per_s").get<double>());
   std::printf("* summed over samples: time each waited after this node before the next one took it\n");
+}
+
+// Every option of every subcommand: CLI11 writes them while parsing. Subcommands that take a
+// graph share `graph` and `common`.
+struct Options {
+  Common common;
+  std::string graph;
+  // run
+  std::string out, resume;
+  int threads = 0;
+  bool no_progress = false;
+  // stages
+  bool markdown = false;
+  // cache
+  std::string cache_dir, prefix;
+  bool all = false;
+  BenchOptions bench;
+};
+
+struct Subcommands {
+  CLI::App* run = nullptr;
+  CLI::App* validate = nullptr;
+  CLI::App* stages = nullptr;
+  CLI::App* plan = nullptr;
+  CLI::App* dot = nullptr;
+  CLI::App* cache = nullptr;
+  CLI::App* cache_ls = nullptr;
+  CLI::App* bench = nullptr;
+};
+
+CLI::App* add_run(CLI::App& app, Options& o) {
+  auto* run = app.add_subcommand("run", "Run a graph: train and evaluate, write a run directory");
+  run->add_option("graph", o.graph, "Graph YAML file");
+  run->add_option("--resume", o.resume, "Continue an interrupted run in DIR from its last completed epoch")->type_name("DIR");
+  run->add_option("--set", o.common.sets, "Override a value, e.g. --set train.epochs=3 (repeatable)")->type_name("KEY=VALUE");
+  run->add_option("--threads", o.threads, "Threads for TBB stages and LibTorch together (default: all cores)");
+  run->add_option("--out", o.out, "Run directory (default: runs/<graph>-<time>)");
+  run->add_flag("--no-progress", o.no_progress, "No progress bar");
+  run->add_option("--plugin", o.common.plugins, "Load a plugin; repeatable")->type_name("PATH");
+  return run;
+}
+
+// validate, plan and graph: a graph file, --set and --plugin.
+CLI::App* add_graph_reader(CLI::App& app, const std::string& name, const std::string& description, Options& o) {
+  auto* sub = app.add_subcommand(name, description);
+  sub->add_option("graph", o.graph, "Graph YAML file")->required();
+  sub->add_option("--set", o.common.sets, "Override a value (repeatable)")->type_name("KEY=VALUE");
+  sub->add_option("--plugin", o.common.plugins, "Load a plugin; repeatable")->type_name("PATH");
+  return sub;
+}
+
+CLI::App* add_stages(CLI::App& app, Options& o) {
+  auto* stages = app.add_subcommand("stages", "List every stage with its parameters");
+  stages->add_flag("--markdown", o.markdown, "Write the reference in Markdown (docs/stages.md)");
+  stages->add_option("--plugin", o.common.plugins, "Load a plugin; repeatable")->type_name("PATH");
+  return stages;
+}
+
+void add_cache(CLI::App& app, Options& o, Subcommands& s) {
+  s.cache = app.add_subcommand("cache", "Inspect or clear the feature cache");
+  s.cache->require_subcommand(1);
+  s.cache_ls = s.cache->add_subcommand("ls", "List cache entries");
+  s.cache_ls->add_option("--dir", o.cache_dir, "Cache directory (default: $PIPE_CACHE_DIR, $XDG_CACHE_HOME/pipe, ~/.cache/pipe)");
+  auto* rm = s.cache->add_subcommand("rm", "Remove cache entries by fingerprint prefix, or --all");
+  rm->add_option("fingerprint", o.prefix, "Fingerprint or its prefix");
+  rm->add_flag("--all", o.all, "Remove every entry");
+  rm->add_option("--dir", o.cache_dir, "Cache directory");
+}
+
+CLI::App* add_bench(CLI::App& app, Options& o) {
+  auto* bench = app.add_subcommand("bench", "Benchmarks, each against its bound in the same run; writes bench.json");
+  bench->add_flag("--smoke", o.bench.smoke, "A few batches per figure: proves the benchmarks still work");
+  bench->add_option("--out", o.bench.out, "Output JSON (default bench.json)");
+  bench->add_option("--threads", o.bench.threads, "Threads (default: all cores)");
+  bench->add_option("--data-dir", o.bench.data_dir, "Keep generated images here (default: a temp dir)");
+  bench->add_option("--only", o.bench.only, "Run only the figures whose name contains NAME (case-insensitive)")->type_name("NAME");
+  return bench;
+}
+
+// In the order of `pipe --help`.
+Subcommands add_subcommands(CLI::App& app, Options& o) {
+  Subcommands s;
+  s.run = add_run(app, o);
+  s.validate = add_graph_reader(app, "validate", "Check a graph; print every problem, exit 2 if any", o);
+  s.stages = add_stages(app, o);
+  s.plan = add_graph_reader(app, "plan", "Print the ops each pass will run, what the cache serves, and each cache key", o);
+  s.dot = add_graph_reader(app, "graph", "Print the resolved graph in Graphviz DOT", o);
+  add_cache(app, o, s);
+  s.bench = add_bench(app, o);
+  return s;
+}
+
+int cmd_validate(const Options& o) {
+  auto spec = load_valid(o.graph, o.common);
+  if (!spec) return 2;
+  std::printf("%s: ok (%zu nodes: %s)\n", o.graph.c_str(), spec->nodes.size(),
+              fmt::format("{}", fmt::join(spec->resolved["edges"].as<std::vector<std::string>>(), ", ")).c_str());
+  return 0;
+}
+
+int cmd_plan(const Options& o) {
+  auto spec = load_valid(o.graph, o.common);
+  if (!spec) return 2;
+  std::fputs(explain_plan(*spec).c_str(), stdout);
+  return 0;
+}
+
+int cmd_graph(const Options& o) {
+  auto spec = load_valid(o.graph, o.common);
+  if (!spec) return 2;
+  std::fputs(graph_dot(*spec).c_str(), stdout);
+  return 0;
+}
+
+int cmd_stages(const Options& o) {
+  if (!load_plugins(o.common, "")) return 2;
+  std::fputs((o.markdown ? stages_markdown(Registry::global()) : stages_text(Registry::global())).c_str(), stdout);
+  return 0;
+}
+
+int cmd_cache_ls(const FeatureCache& store) {
+  const auto entries = store.list();
+  std::printf("%s: %zu entr%s\n", store.root().c_str(), entries.size(), entries.size() == 1 ? "y" : "ies");
+  for (const auto& e : entries)
+    std::printf("%.12s  %-10s %6lld x %d views  %8.1f MB  %s  %s\n", e.fingerprint.c_str(), e.split.c_str(),
+                static_cast<long long>(e.count), e.views, static_cast<double>(e.bytes) / 1e6, e.created.c_str(),
+                e.description.c_str());
+  return 0;
+}
+
+int cmd_cache_rm(FeatureCache& store, const Options& o) {
+  if (!o.all && o.prefix.empty()) {  // removing everything takes an explicit --all
+    std::fprintf(stderr, "pipe cache rm: give a fingerprint prefix or --all\n");
+    return 2;
+  }
+  const CacheRemoved r = o.all ? store.remove_all() : store.remove(o.prefix);
+  std::printf("removed %d entr%s (%d fingerprint%s, %.1f MB)\n", r.entries, r.entries == 1 ? "y" : "ies",
+              r.fingerprints, r.fingerprints == 1 ? "" : "s", static_cast<double>(r.bytes) / 1e6);
+  return 0;
+}
+
+// `pipe run --resume DIR` reruns the graph file and --set values that the interrupted run
+// recorded. Returns the resolved hash the graph must still have ("" without --resume), or
+// nullopt after printing a usage error.
+std::optional<std::string> resolve_graph_to_run(Options& o) {
+  if (o.resume.empty()) {
+    if (!o.graph.empty()) return std::string();
+    std::fprintf(stderr, "pipe run: a graph file is required\n");
+    return std::nullopt;
+  }
+  if (!o.graph.empty() || !o.common.sets.empty()) {
+    std::fprintf(stderr, "pipe run --resume DIR takes no graph or --set: it reuses the interrupted run's\n");
+    return std::nullopt;
+  }
+  const ResumeInfo info = read_resume_info(o.resume);
+  o.graph = info.graph_file;
+  o.common.sets = info.overrides;
+  return info.resolved_hash;
+}
+
+int cmd_run(Options& o) {
+  const std::optional<std::string> expect_hash = resolve_graph_to_run(o);
+  if (!expect_hash) return 2;
+  auto spec = load_valid(o.graph, o.common);
+  if (!spec) return 2;
+  if (!expect_hash->empty() && resolved_hash(*spec) != *expect_hash) {
+    std::fprintf(stderr, "pipe: error: %s changed since the run in %s started; resuming it would not give the "
+                 "results of an uninterrupted run\n", o.graph.c_str(), o.resume.c_str());
+    return 2;
+  }
+  std::signal(SIGINT, on_sigint);
+  RunConfig cfg;
+  cfg.threads = o.threads;
+  cfg.out_dir = o.out;
+  cfg.progress = !o.no_progress && ::isatty(STDERR_FILENO);
+  cfg.stop = &g_stop;
+  cfg.overrides = o.common.sets;
+  cfg.resume_dir = o.resume;
+  RunResult r = run_graph(*spec, cfg);
+  print_table(r);
+  print_profile(r);
+  if (r.interrupted) {
+    std::fprintf(stderr, "pipe: interrupted after %zu epoch(s); partial results in %s\n", r.epochs.size(), r.out_dir.c_str());
+    return 130;
+  }
+  return 0;
+}
+
+// The exit code of the one subcommand given (CLI11 requires exactly one).
+int dispatch(const Subcommands& s, Options& o) {
+  if (*s.bench) return run_bench(o.bench);
+  if (*s.validate) return cmd_validate(o);
+  if (*s.plan) return cmd_plan(o);
+  if (*s.dot) return cmd_graph(o);
+  if (*s.stages) return cmd_stages(o);
+  if (*s.cache) {
+    FeatureCache store(resolve_cache_dir(o.cache_dir));
+    return *s.cache_ls ? cmd_cache_ls(store) : cmd_cache_rm(store, o);
+  }
+  if (*s.run) return cmd_run(o);
+  return 0;
 }
 
 }  // namespace
@@ -117,60 +317,9 @@ int main(int argc, char** argv) {
   CLI::App app{"pipe: dataflow graphs for transfer learning on frozen conv bases"};
   app.require_subcommand(1);
   app.set_version_flag("--version", fmt::format("pipe 0.1.0 ({})", host_build_fingerprint()));
-  Common common;
-  app.add_option("--plugin", common.plugins, "Load a plugin (shared library); repeatable")->type_name("PATH");
-
-  std::string graph, out;
-  int threads = 0;
-  bool no_progress = false;
-  auto* run = app.add_subcommand("run", "Run a graph: train and evaluate, write a run directory");
-  std::string resume;
-  run->add_option("graph", graph, "Graph YAML file");
-  run->add_option("--resume", resume, "Continue an interrupted run in DIR from its last completed epoch")->type_name("DIR");
-  run->add_option("--set", common.sets, "Override a value, e.g. --set train.epochs=3 (repeatable)")->type_name("KEY=VALUE");
-  run->add_option("--threads", threads, "Threads for TBB stages and LibTorch together (default: all cores)");
-  run->add_option("--out", out, "Run directory (default: runs/<graph>-<time>)");
-  run->add_flag("--no-progress", no_progress, "No progress bar");
-  run->add_option("--plugin", common.plugins, "Load a plugin; repeatable")->type_name("PATH");
-
-  auto* validate = app.add_subcommand("validate", "Check a graph; print every problem, exit 2 if any");
-  validate->add_option("graph", graph, "Graph YAML file")->required();
-  validate->add_option("--set", common.sets, "Override a value (repeatable)")->type_name("KEY=VALUE");
-  validate->add_option("--plugin", common.plugins, "Load a plugin; repeatable")->type_name("PATH");
-
-  bool markdown = false;
-  auto* stages = app.add_subcommand("stages", "List every stage with its parameters");
-  stages->add_flag("--markdown", markdown, "Write the reference in Markdown (docs/stages.md)");
-  stages->add_option("--plugin", common.plugins, "Load a plugin; repeatable")->type_name("PATH");
-
-  auto* plan = app.add_subcommand("plan", "Print the ops each pass will run, what the cache serves, and each cache key");
-  plan->add_option("graph", graph, "Graph YAML file")->required();
-  plan->add_option("--set", common.sets, "Override a value (repeatable)")->type_name("KEY=VALUE");
-  plan->add_option("--plugin", common.plugins, "Load a plugin; repeatable")->type_name("PATH");
-
-  auto* dot = app.add_subcommand("graph", "Print the resolved graph in Graphviz DOT");
-  dot->add_option("graph", graph, "Graph YAML file")->required();
-  dot->add_option("--set", common.sets, "Override a value (repeatable)")->type_name("KEY=VALUE");
-  dot->add_option("--plugin", common.plugins, "Load a plugin; repeatable")->type_name("PATH");
-
-  std::string cache_dir, prefix;
-  bool all = false;
-  auto* cache = app.add_subcommand("cache", "Inspect or clear the feature cache");
-  cache->require_subcommand(1);
-  auto* cache_ls = cache->add_subcommand("ls", "List cache entries");
-  cache_ls->add_option("--dir", cache_dir, "Cache directory (default: $PIPE_CACHE_DIR, $XDG_CACHE_HOME/pipe, ~/.cache/pipe)");
-  auto* cache_rm = cache->add_subcommand("rm", "Remove cache entries by fingerprint prefix, or --all");
-  cache_rm->add_option("fingerprint", prefix, "Fingerprint or its prefix");
-  cache_rm->add_flag("--all", all, "Remove every entry");
-  cache_rm->add_option("--dir", cache_dir, "Cache directory");
-
-  BenchOptions bench_opts;
-  auto* bench = app.add_subcommand("bench", "Benchmarks, each against its bound in the same run; writes bench.json");
-  bench->add_flag("--smoke", bench_opts.smoke, "A few batches per figure: proves the benchmarks still work");
-  bench->add_option("--out", bench_opts.out, "Output JSON (default bench.json)");
-  bench->add_option("--threads", bench_opts.threads, "Threads (default: all cores)");
-  bench->add_option("--data-dir", bench_opts.data_dir, "Keep generated images here (default: a temp dir)");
-  bench->add_option("--only", bench_opts.only, "Run only the figures whose name contains NAME (case-insensitive)")->type_name("NAME");
+  Options options;
+  app.add_option("--plugin", options.common.plugins, "Load a plugin (shared library); repeatable")->type_name("PATH");
+  const Subcommands subcommands = add_subcommands(app, options);
 
   try {
     app.parse(argc, argv);
@@ -180,93 +329,9 @@ int main(int argc, char** argv) {
   }
 
   try {
-    if (*bench) return run_bench(bench_opts);
-    if (*validate) {
-      auto spec = load_valid(graph, common);
-      if (!spec) return 2;
-      std::printf("%s: ok (%zu nodes: %s)\n", graph.c_str(), spec->nodes.size(),
-                  fmt::format("{}", fmt::join(spec->resolved["edges"].as<std::vector<std::string>>(), ", ")).c_str());
-      return 0;
-    }
-    if (*plan) {
-      auto spec = load_valid(graph, common);
-      if (!spec) return 2;
-      std::fputs(explain_plan(*spec).c_str(), stdout);
-      return 0;
-    }
-    if (*dot) {
-      auto spec = load_valid(graph, common);
-      if (!spec) return 2;
-      std::fputs(graph_dot(*spec).c_str(), stdout);
-      return 0;
-    }
-    if (*stages) {
-      if (!load_plugins(common, "")) return 2;
-      std::fputs((markdown ? stages_markdown(Registry::global()) : stages_text(Registry::global())).c_str(), stdout);
-      return 0;
-    }
-    if (*cache) {
-      FeatureCache store(resolve_cache_dir(cache_dir));
-      if (*cache_ls) {
-        const auto entries = store.list();
-        std::printf("%s: %zu entr%s\n", store.root().c_str(), entries.size(), entries.size() == 1 ? "y" : "ies");
-        for (const auto& e : entries)
-          std::printf("%.12s  %-10s %6lld x %d views  %8.1f MB  %s  %s\n", e.fingerprint.c_str(), e.split.c_str(),
-                      static_cast<long long>(e.count), e.views, static_cast<double>(e.bytes) / 1e6, e.created.c_str(),
-                      e.description.c_str());
-        return 0;
-      }
-      if (!all && prefix.empty()) {
-        std::fprintf(stderr, "pipe cache rm: give a fingerprint prefix or --all\n");
-        return 2;
-      }
-      const CacheRemoved r = all ? store.remove_all() : store.remove(prefix);
-      std::printf("removed %d entr%s (%d fingerprint%s, %.1f MB)\n", r.entries, r.entries == 1 ? "y" : "ies",
-                  r.fingerprints, r.fingerprints == 1 ? "" : "s", static_cast<double>(r.bytes) / 1e6);
-      return 0;
-    }
-    if (*run) {
-      std::string expect_hash;
-      if (!resume.empty()) {
-        if (!graph.empty() || !common.sets.empty()) {
-          std::fprintf(stderr, "pipe run --resume DIR takes no graph or --set: it reuses the interrupted run's\n");
-          return 2;
-        }
-        const ResumeInfo info = read_resume_info(resume);
-        graph = info.graph_file;
-        common.sets = info.overrides;
-        expect_hash = info.resolved_hash;
-      } else if (graph.empty()) {
-        std::fprintf(stderr, "pipe run: a graph file is required\n");
-        return 2;
-      }
-      auto spec = load_valid(graph, common);
-      if (!spec) return 2;
-      if (!expect_hash.empty() && resolved_hash(*spec) != expect_hash) {
-        std::fprintf(stderr, "pipe: error: %s changed since the run in %s started; resuming it would not give the "
-                     "results of an uninterrupted run\n", graph.c_str(), resume.c_str());
-        return 2;
-      }
-      std::signal(SIGINT, on_sigint);
-      RunConfig cfg;
-      cfg.threads = threads;
-      cfg.out_dir = out;
-      cfg.progress = !no_progress && ::isatty(STDERR_FILENO);
-      cfg.stop = &g_stop;
-      cfg.overrides = common.sets;
-      cfg.resume_dir = resume;
-      RunResult r = run_graph(*spec, cfg);
-      print_table(r);
-      print_profile(r);
-      if (r.interrupted) {
-        std::fprintf(stderr, "pipe: interrupted after %zu epoch(s); partial results in %s\n", r.epochs.size(), r.out_dir.c_str());
-        return 130;
-      }
-      return 0;
-    }
+    return dispatch(subcommands, options);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "pipe: error: %s\n", e.what());
     return 1;
   }
-  return 0;
 }

@@ -15,14 +15,15 @@
 #include <thread>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 
 #include "cache_store.h"
 #include "executor.h"
-#include "json.h"
+#include "files.h"
 #include "runner.h"
-#include "testing.h"
+#include "pipe/testing.h"
 #include "torch_runtime.h"
 
 namespace fs = std::filesystem;
@@ -190,305 +191,362 @@ struct TempDir {
   }
 };
 
-}  // namespace
+// Indices into kFigureNames.
+enum FigureId : size_t {
+  kExtractionSmall,
+  kExtractionVgg16,
+  kCachedHead,
+  kAugmentedEpoch,
+  kDeterminismCost,
+  kScaling28,
+  kScaling150,
+  kPeakRssB,
+  kPeakRssA,
+};
 
-int run_bench(const BenchOptions& o) {
-  const auto want = [&](const std::string& name) {
-    return o.only.empty() || lower(name).find(lower(o.only)) != std::string::npos;
-  };
-  if (std::none_of(kFigureNames.begin(), kFigureNames.end(), want)) {
-    std::fprintf(stderr, "pipe bench: --only '%s' matches no figure; the figures are:\n", o.only.c_str());
-    for (const std::string& n : kFigureNames) std::fprintf(stderr, "  %s\n", n.c_str());
-    return 2;
-  }
-  const int threads = configure_threads(o.threads);
-  const auto name_of = [&](size_t k) {
-    std::string n = kFigureNames[k];
-    const size_t at = n.find("{threads}");
-    if (at != std::string::npos) n.replace(at, 9, std::to_string(threads));
-    return n;
-  };
-  TempDir tmp;
-  tmp.own = o.data_dir.empty();
-  tmp.path = tmp.own ? fs::temp_directory_path() / fmt::format("pipe-bench-{}", ::getpid()) : fs::path(o.data_dir);
-  const fs::path root = tmp.path;
-  fs::create_directories(root);
+bool wanted(const BenchOptions& o, const std::string& name) {
+  return o.only.empty() || lower(name).find(lower(o.only)) != std::string::npos;
+}
+
+// A --only that matches nothing would run no figure and write an empty bench.json that
+// looks like success: it is a usage error instead, listing what can be matched.
+bool only_matches_a_figure(const BenchOptions& o) {
+  const auto want = [&](const std::string& name) { return wanted(o, name); };
+  if (std::any_of(kFigureNames.begin(), kFigureNames.end(), want)) return true;
+  std::fprintf(stderr, "pipe bench: --only '%s' matches no figure; the figures are:\n", o.only.c_str());
+  for (const std::string& n : kFigureNames) std::fprintf(stderr, "  %s\n", n.c_str());
+  return false;
+}
+
+// What every figure shares. --smoke shrinks every size: it proves that each figure still
+// runs, not how fast.
+struct Bench {
+  const BenchOptions& o;
+  int threads = 0;
+  fs::path root;  // generated trees, graphs, caches and run directories
   // The machine is shared: every side of every ratio is the best of `reps` measurements.
-  const int reps = o.smoke ? 1 : 3;
-  const int n = o.smoke ? 64 : 1024;
-  const int n_vgg = o.smoke ? 16 : 256;
-  std::vector<Figure> figs;
-  const std::string weights = std::string(PIPE_SOURCE_DIR) + "/models/small_vgg_fmnist.pt";
-  const std::string small = fmt::format("{{stage: convbase, model: \"builtin:small_vgg\", weights: \"{}\", batch: 64}}", weights);
-  const std::string vgg = "{stage: convbase, model: \"builtin:vgg16\", batch: 16}";
+  int reps = 3;
+  int n = 1024;     // images per tree of the small_vgg figures
+  int n_vgg = 256;  // images of the vgg16 extraction
+  std::string weights = std::string(PIPE_SOURCE_DIR) + "/models/small_vgg_fmnist.pt";
+  std::string small, vgg;  // convbase nodes, as YAML
+
+  Bench(const BenchOptions& options, int t, fs::path r) : o(options), threads(t), root(std::move(r)) {
+    reps = o.smoke ? 1 : 3;
+    n = o.smoke ? 64 : 1024;
+    n_vgg = o.smoke ? 16 : 256;
+    small = fmt::format("{{stage: convbase, model: \"builtin:small_vgg\", weights: \"{}\", batch: 64}}", weights);
+    vgg = "{stage: convbase, model: \"builtin:vgg16\", batch: 16}";
+  }
+
+  // The figure's name as printed: {threads} replaced by this run's thread count.
+  std::string name_of(FigureId k) const {
+    std::string name = kFigureNames[k];
+    const size_t at = name.find("{threads}");
+    if (at != std::string::npos) name.replace(at, 9, std::to_string(threads));
+    return name;
+  }
+  bool want(FigureId k) const { return wanted(o, name_of(k)); }
+};
+
+Figure make_figure(const std::string& name, const std::string& unit, double value, double bound, double target,
+                   bool higher_is_better = true) {
+  Figure f;
+  f.name = name;
+  f.unit = unit;
+  f.value = value;
+  f.bound = bound;
+  f.target = target;
+  f.higher_is_better = higher_is_better;
+  return f;
+}
+
+void print_header(const Bench& b) {
   std::printf("pipe bench%s\nmachine: %s\nruntime: %s\nthreads: %d (TBB workers and LibTorch intra-op)\n\n",
-              o.smoke ? " --smoke (a few batches per figure; ratios not meaningful)" : "", machine().c_str(),
-              torch_runtime_info().c_str(), threads);
-  std::fflush(stdout);
+              b.o.smoke ? " --smoke (a few batches per figure; ratios not meaningful)" : "", machine().c_str(),
+              torch_runtime_info().c_str(), b.threads);
+  std::fflush(stdout);  // the figures take minutes: show what is being measured first
+}
 
-  // 1. Extraction: JPEG folder -> decode -> convbase -> cache writer, vs the bare conv base.
-  const auto extraction = [&](const std::string& label, int count, int px, const std::string& conv, int batch) {
-    const fs::path tree = make_tree(root, count, px == 32 ? 28 : px);
-    Chain c(tree, {{"decode", fmt::format("{{stage: decode, size: [{}, {}]}}", px, px)}, {"features", conv}});
-    FeatureCache store((root / "cache").string());
-    Profile prof;
-    {  // warm-up on the first batch, without the writer: both sides measured warm
-      PassSpec warm = c.pass(0);
-      warm.count = std::min<int64_t>(warm.count, batch);
-      run_pass(warm, prof);
-    }
-    double best = 0;
-    for (int rep = 0; rep < reps; ++rep) {
-      const std::string fp = fmt::format("bench{}x{}x{}", px, ::getpid(), rep);
-      FeatureCache::Writer w = store.begin(fp, "train", c.source->size(Split::train), 1, "bench");
-      PassSpec p = c.pass(0);
-      PassNode writer;
-      writer.name = "memo";
-      writer.stage = "cache";
-      writer.kind = StageKind::cache;
-      writer.write = [&w](const Sample& s) { w.add(s.id, 0, s.label, s.features); };
-      p.nodes.push_back(writer);
-      const PassResult r = run_pass(p, prof);
-      w.commit();
-      best = std::max(best, static_cast<double>(r.consumed) / r.seconds);
-      store.remove(fp);
-    }
-    Figure f;
-    f.name = label;
-    f.unit = "images/s";
-    f.value = best;
-    f.bound = bare_conv(tree, px, conv, batch, reps);
-    f.target = 0.90;
-    figs.push_back(f);
-  };
-  if (want(name_of(0))) extraction(name_of(0), n, 32, small, 64);
-  if (want(name_of(1))) extraction(name_of(1), n_vgg, 64, vgg, 16);
-
-  // 2. Cached head epoch: reading features from the cache through the executor vs a bare loop.
-  if (want(name_of(2))) {
-    const int64_t count = o.smoke ? 200 : 2000;
-    FeatureCache store((root / "cache").string());
-    const std::string fp = fmt::format("benchhead{}", ::getpid());
-    {
-      FeatureCache::Writer w = store.begin(fp, "train", count, 1, "bench head");
-      std::vector<float> v(128 * 4 * 4);
-      cv::RNG rng(7);
-      for (int64_t i = 0; i < count; ++i) {
-        for (float& x : v) x = static_cast<float>(rng.uniform(0.0, 1.0)) + (i % 2 ? 0.1f : 0.f);
-        w.add(i, 0, static_cast<int>(i % 2), Tensor::copy_of(v.data(), {128, 4, 4}));
-      }
-      w.commit();
-    }
-    auto entry = store.open(fp, "train");
-    const std::string head_yaml = "{stage: dense_head, hidden: 256, dropout: 0.5, lr: 1.0e-4}";
-    RunInfo info;
-    info.seed = 1;
-    info.classes = {"a", "b"};
-    auto run_head = [&](bool executor) {
-      auto head = testing::make<SinkStage>(head_yaml, "head");
-      head->begin_run(info);
-      head->begin_epoch(Split::train, 1);
-      const double t0 = now_s();
-      if (executor) {
-        PassSpec p;
-        p.count = count;
-        p.epoch = 1;
-        p.describe = [&](int64_t i) {
-          Sample s;
-          s.id = i;
-          s.label = entry->label(i);
-          return s;
-        };
-        p.load = [&](Sample& s) { s.features = entry->features(s.id, 0); };
-        PassNode k;
-        k.name = "head";
-        k.stage = "dense_head";
-        k.kind = StageKind::sink;
-        k.impl = head.get();
-        p.nodes = {k};
-        p.sink_batch = 20;
-        p.cheap_load = true;  // as the runner does for a cache hit
-        Profile prof;
-        run_pass(p, prof);
-      } else {
-        // The bound: the same head on the same features, already in memory, in batches of 20.
-        std::vector<Batch> batches;
-        for (int64_t i = 0; i < count; i += 20) {
-          Batch b;
-          for (int64_t k = i; k < std::min(count, i + 20); ++k) {
-            Sample s;
-            s.id = k;
-            s.label = entry->label(k);
-            s.features = Tensor::copy_of(entry->features(k, 0).ptr(), {128, 4, 4});
-            b.samples.push_back(s);
-          }
-          batches.push_back(std::move(b));
-        }
-        const double t1 = now_s();
-        for (Batch& b : batches) head->consume(b);
-        return now_s() - t1;
-      }
-      return now_s() - t0;
-    };
-    run_head(false);  // warm-up: first-touch of pages and BLAS buffers
-    Figure f;
-    f.name = name_of(2);
-    f.unit = "s";
-    f.value = 1e30;
-    f.bound = 1e30;
-    for (int rep = 0; rep < reps; ++rep) {
-      f.value = std::min(f.value, run_head(true));
-      f.bound = std::min(f.bound, run_head(false));
-    }
-    f.target = 1.20;
-    f.higher_is_better = false;
-    figs.push_back(f);
+// 1. Extraction: JPEG folder -> decode -> convbase -> cache writer, vs the bare conv base.
+Figure extraction(const Bench& b, FigureId id, int count, int px, const std::string& conv, int batch) {
+  const fs::path tree = make_tree(b.root, count, px == 32 ? 28 : px);
+  Chain c(tree, {{"decode", fmt::format("{{stage: decode, size: [{}, {}]}}", px, px)}, {"features", conv}});
+  FeatureCache store((b.root / "cache").string());
+  Profile prof;
+  {  // warm-up on the first batch, without the writer: both sides measured warm
+    PassSpec warm = c.pass(0);
+    warm.count = std::min<int64_t>(warm.count, batch);
+    run_pass(warm, prof);
+  }
+  double best = 0;
+  for (int rep = 0; rep < b.reps; ++rep) {
+    const std::string fp = fmt::format("bench{}x{}x{}", px, ::getpid(), rep);
+    FeatureCache::Writer w = store.begin(fp, "train", c.source->size(Split::train), 1, "bench");
+    PassSpec p = c.pass(0);
+    PassNode writer;
+    writer.name = "memo";
+    writer.stage = "cache";
+    writer.kind = StageKind::cache;
+    writer.write = [&w](const Sample& s) { w.add(s.id, 0, s.label, s.features); };
+    p.nodes.push_back(writer);
+    const PassResult r = run_pass(p, prof);
+    w.commit();
+    best = std::max(best, static_cast<double>(r.consumed) / r.seconds);
     store.remove(fp);
   }
+  return make_figure(b.name_of(id), "images/s", best, bare_conv(tree, px, conv, batch, b.reps), 0.90);
+}
 
-  // 3 and 6. Augmented epoch vs the bare conv base; the cost of ordering.
-  if (want(name_of(3)) || want(name_of(4))) {
-    const fs::path tree = make_tree(root, n, 28);
-    const std::vector<std::pair<std::string, std::string>> chain = {
-        {"decode", "{stage: decode, size: [32, 32]}"},
-        {"augment", "{stage: augment, rotation: 40, width_shift: 0.2, height_shift: 0.2, shear: 0.2, zoom: 0.2, horizontal_flip: true}"},
-        {"features", small}};
-    Chain c(tree, chain);
+// The head's input: `count` random 128x4x4 feature maps, the two labels a little apart.
+void write_head_features(FeatureCache& store, const std::string& fp, int64_t count) {
+  FeatureCache::Writer w = store.begin(fp, "train", count, 1, "bench head");
+  std::vector<float> v(128 * 4 * 4);
+  cv::RNG rng(7);
+  for (int64_t i = 0; i < count; ++i) {
+    for (float& x : v) x = static_cast<float>(rng.uniform(0.0, 1.0)) + (i % 2 ? 0.1f : 0.f);
+    w.add(i, 0, static_cast<int>(i % 2), Tensor::copy_of(v.data(), {128, 4, 4}));
+  }
+  w.commit();
+}
+
+// A new dense head at the start of its first training epoch: each timed epoch starts from
+// the same state.
+std::unique_ptr<SinkStage> fresh_head(const RunInfo& info) {
+  auto head = testing::make<SinkStage>("{stage: dense_head, hidden: 256, dropout: 0.5, lr: 1.0e-4}", "head");
+  head->begin_run(info);
+  head->begin_epoch(Split::train, 1);
+  return head;
+}
+
+// Seconds of one epoch of the head reading the cache through the executor.
+double head_epoch_from_cache(const FeatureCache::Entry& entry, int64_t count, const RunInfo& info) {
+  auto head = fresh_head(info);
+  const double t0 = now_s();
+  PassSpec p;
+  p.count = count;
+  p.epoch = 1;
+  p.describe = [&](int64_t i) {
+    Sample s;
+    s.id = i;
+    s.label = entry.label(i);
+    return s;
+  };
+  p.load = [&](Sample& s) { s.features = entry.features(s.id, 0); };
+  PassNode k;
+  k.name = "head";
+  k.stage = "dense_head";
+  k.kind = StageKind::sink;
+  k.impl = head.get();
+  p.nodes = {k};
+  p.sink_batch = 20;
+  p.cheap_load = true;  // as the runner does for a cache hit
+  Profile prof;
+  run_pass(p, prof);
+  return now_s() - t0;
+}
+
+// The bound: the same head on the same features, already in memory, in batches of 20. Only
+// the head's work is timed, not the copying into memory.
+double head_epoch_in_memory(const FeatureCache::Entry& entry, int64_t count, const RunInfo& info) {
+  auto head = fresh_head(info);
+  std::vector<Batch> batches;
+  for (int64_t i = 0; i < count; i += 20) {
+    Batch b;
+    for (int64_t k = i; k < std::min(count, i + 20); ++k) {
+      Sample s;
+      s.id = k;
+      s.label = entry.label(k);
+      s.features = Tensor::copy_of(entry.features(k, 0).ptr(), {128, 4, 4});
+      b.samples.push_back(s);
+    }
+    batches.push_back(std::move(b));
+  }
+  const double t1 = now_s();
+  for (Batch& b : batches) head->consume(b);
+  return now_s() - t1;
+}
+
+// 2. Cached head epoch: reading features from the cache through the executor vs a bare loop.
+Figure cached_head(const Bench& b) {
+  const int64_t count = b.o.smoke ? 200 : 2000;
+  FeatureCache store((b.root / "cache").string());
+  const std::string fp = fmt::format("benchhead{}", ::getpid());
+  write_head_features(store, fp, count);
+  auto entry = store.open(fp, "train");
+  RunInfo info;
+  info.seed = 1;
+  info.classes = {"a", "b"};
+  head_epoch_in_memory(*entry, count, info);  // warm-up: first-touch of pages and BLAS buffers
+  double value = 1e30, bound = 1e30;
+  for (int rep = 0; rep < b.reps; ++rep) {
+    value = std::min(value, head_epoch_from_cache(*entry, count, info));
+    bound = std::min(bound, head_epoch_in_memory(*entry, count, info));
+  }
+  store.remove(fp);
+  return make_figure(b.name_of(kCachedHead), "s", value, bound, 1.20, false);
+}
+
+// Best epoch times of decode -> augment -> small_vgg, ordered and unordered. Figures 3 and 6
+// share them.
+struct AugmentedEpochs {
+  fs::path tree;
+  double ordered = 1e30, unordered = 1e30;
+  int64_t consumed = 0;  // images per epoch
+};
+
+AugmentedEpochs time_augmented_epochs(const Bench& b) {
+  AugmentedEpochs t;
+  t.tree = make_tree(b.root, b.n, 28);
+  const std::vector<std::pair<std::string, std::string>> chain = {
+      {"decode", "{stage: decode, size: [32, 32]}"},
+      {"augment", "{stage: augment, rotation: 40, width_shift: 0.2, height_shift: 0.2, shear: 0.2, zoom: 0.2, horizontal_flip: true}"},
+      {"features", b.small}};
+  Chain c(t.tree, chain);
+  Profile prof;
+  run_pass(c.pass(1), prof);  // warm-up
+  for (int rep = 0; rep < b.reps; ++rep) {  // alternate, so drift hits both sides alike
+    const PassResult ordered = run_pass(c.pass(2 + 2 * rep, true), prof);
+    const PassResult unordered = run_pass(c.pass(3 + 2 * rep, false), prof);
+    t.ordered = std::min(t.ordered, ordered.seconds);
+    t.unordered = std::min(t.unordered, unordered.seconds);
+    t.consumed = ordered.consumed;
+  }
+  return t;
+}
+
+// 3. Augmented epoch vs the bare conv base.
+Figure augmented_epoch(const Bench& b, const AugmentedEpochs& t) {
+  return make_figure(b.name_of(kAugmentedEpoch), "images/s", static_cast<double>(t.consumed) / t.ordered,
+                     bare_conv(t.tree, 32, b.small, 64, b.reps), 0.85);
+}
+
+// 6. The cost of ordering.
+Figure determinism_cost(const Bench& b, const AugmentedEpochs& t) {
+  return make_figure(b.name_of(kDeterminismCost), "s", t.ordered, t.unordered, 1.05, false);
+}
+
+// 4. Decode + augment alone: scaling from 1 to all threads.
+Figure scaling(const Bench& b, FigureId id, int px) {
+  const fs::path tree = make_tree(b.root, b.o.smoke ? 64 : (px == 28 ? 2000 : 400), px);
+  Chain c(tree, {{"decode", fmt::format("{{stage: decode, size: [{}, {}]}}", px, px)},
+                 {"augment", "{stage: augment, rotation: 40, width_shift: 0.2, height_shift: 0.2, shear: 0.2, zoom: 0.2, horizontal_flip: true}"}});
+  double ips[2] = {0, 0};
+  const int ts[2] = {1, b.threads};
+  for (int k = 0; k < 2; ++k) {
+    configure_threads(ts[k]);
     Profile prof;
-    run_pass(c.pass(1), prof);  // warm-up
-    double t_ordered = 1e30, t_unordered = 1e30;
-    int64_t consumed = 0;
-    for (int rep = 0; rep < reps; ++rep) {  // alternate, so drift hits both sides alike
-      const PassResult a = run_pass(c.pass(2 + 2 * rep, true), prof);
-      const PassResult b = run_pass(c.pass(3 + 2 * rep, false), prof);
-      t_ordered = std::min(t_ordered, a.seconds);
-      t_unordered = std::min(t_unordered, b.seconds);
-      consumed = a.consumed;
+    run_pass(c.pass(1), prof);  // warm-up (page cache)
+    for (int rep = 0; rep < b.reps; ++rep) {
+      const PassResult r = run_pass(c.pass(2 + rep), prof);
+      ips[k] = std::max(ips[k], static_cast<double>(r.consumed) / r.seconds);
     }
-    if (want(name_of(3))) {
-      Figure f;
-      f.name = name_of(3);
-      f.unit = "images/s";
-      f.value = static_cast<double>(consumed) / t_ordered;
-      f.bound = bare_conv(tree, 32, small, 64, reps);
-      f.target = 0.85;
-      figs.push_back(f);
-    }
-    Figure d;
-    d.name = name_of(4);
-    d.unit = "s";
-    d.value = t_ordered;
-    d.bound = t_unordered;
-    d.target = 1.05;
-    d.higher_is_better = false;
-    if (want(d.name)) figs.push_back(d);
   }
+  configure_threads(b.threads);
+  return make_figure(b.name_of(id), "images/s", ips[1], ips[0], 1.8);
+}
 
-  // 4. Decode + augment alone: scaling from 1 to all threads.
-  for (int px : {28, 150}) {
-    const std::string fig_name = name_of(px == 28 ? 5 : 6);
-    if (!want(fig_name)) continue;
-    const fs::path tree = make_tree(root, o.smoke ? 64 : (px == 28 ? 2000 : 400), px);
-    Chain c(tree, {{"decode", fmt::format("{{stage: decode, size: [{}, {}]}}", px, px)},
-                   {"augment", "{stage: augment, rotation: 40, width_shift: 0.2, height_shift: 0.2, shear: 0.2, zoom: 0.2, horizontal_flip: true}"}});
-    double ips[2] = {0, 0};
-    const int ts[2] = {1, threads};
-    for (int k = 0; k < 2; ++k) {
-      configure_threads(ts[k]);
-      Profile prof;
-      run_pass(c.pass(1), prof);  // warm-up (page cache)
-      for (int rep = 0; rep < reps; ++rep) {
-        const PassResult r = run_pass(c.pass(2 + rep), prof);
-        ips[k] = std::max(ips[k], static_cast<double>(r.consumed) / r.seconds);
-      }
-    }
-    configure_threads(threads);
-    Figure f;
-    f.name = fig_name;
-    f.unit = "images/s";
-    f.value = ips[1];
-    f.bound = ips[0];
-    f.target = 1.8;
-    figs.push_back(f);
-  }
-
-  // 5. Memory: peak RSS of whole runs on N and 10 N images (child processes).
-  {
-    // N above train.in_flight (256), so that the small run already fills the pipeline.
-    const int small_n = o.smoke ? 32 : 500;
-    const std::string weights_path = weights;
-    const auto graph_for = [&](const fs::path& tree, bool augmented, const std::string& tag) {
-      const fs::path g = root / fmt::format("mem-{}.yaml", tag);
-      std::ofstream(g) << fmt::format(R"(data: {{source: folder, path: "{}"}}
+// The graph of a memory figure: regime B (augmented: every epoch through the conv base) or
+// regime A (features extracted once into the cache, the head trained from it).
+fs::path memory_graph(const Bench& b, const fs::path& tree, bool augmented, const std::string& tag) {
+  const fs::path g = b.root / fmt::format("mem-{}.yaml", tag);
+  std::ofstream(g) << fmt::format(R"(data: {{source: folder, path: "{}"}}
 nodes:
   decode: {{stage: decode, size: [32, 32]}}
 {}  features: {{stage: convbase, model: "builtin:small_vgg", weights: "{}", batch: 64}}
 {}  head: {{stage: dense_head}}
 edges: [{}]
 train: {{epochs: 2, batch: 20}}
-)", tree.string(), augmented ? "  augment: {stage: augment, rotation: 40, horizontal_flip: true}\n" : "", weights_path,
-                                      augmented ? "" : "  memo: {stage: cache}\n",
-                                      augmented ? "decode -> augment -> features -> head" : "decode -> features -> memo -> head");
-      return g;
-    };
-    for (bool augmented : {true, false}) {
-      const std::string fig_name = name_of(augmented ? 7 : 8);
-      if (!want(fig_name)) continue;
-      // A peak RSS moves by +-10% from run to run with thread timing (which glibc arena a
-      // batch's tensors come from), independently of N: like every other figure, each side
-      // is the best of 3, each run on a fresh cache so that regime A extracts every time.
-      long rss[2] = {0, 0};
-      for (int k = 0; k < 2; ++k) {
-        const int count = k == 0 ? small_n : 10 * small_n;
-        const fs::path tree = make_tree(root, count, 28);
-        const std::string tag = fmt::format("{}{}", augmented ? "b" : "a", count);
-        for (int rep = 0; rep < (o.smoke ? 1 : 3); ++rep) {
-          fs::remove_all(root / ("run-" + tag));
-          fs::remove_all(root / ("cache-" + tag));
-          const long peak = child_peak_rss_kib(graph_for(tree, augmented, tag), root / ("run-" + tag),
-                                               root / ("cache-" + tag), threads);
-          rss[k] = rep == 0 ? peak : std::min(rss[k], peak);
-        }
-      }
-      Figure f;
-      f.name = fig_name;
-      f.unit = "KiB";
-      f.value = static_cast<double>(rss[1]);
-      f.bound = static_cast<double>(rss[0]);
-      f.target = 1.10;
-      f.higher_is_better = false;
-      figs.push_back(f);
+)", tree.string(), augmented ? "  augment: {stage: augment, rotation: 40, horizontal_flip: true}\n" : "", b.weights,
+                                  augmented ? "" : "  memo: {stage: cache}\n",
+                                  augmented ? "decode -> augment -> features -> head" : "decode -> features -> memo -> head");
+  return g;
+}
+
+// 5. Memory: peak RSS of whole runs on N and 10 N images (child processes).
+Figure peak_rss(const Bench& b, FigureId id, bool augmented) {
+  // N above train.in_flight (256), so that the small run already fills the pipeline.
+  const int small_n = b.o.smoke ? 32 : 500;
+  // A peak RSS moves by +-10% from run to run with thread timing (which glibc arena a
+  // batch's tensors come from), independently of N: like every other figure, each side
+  // is the best of 3, each run on a fresh cache so that regime A extracts every time.
+  long rss[2] = {0, 0};
+  for (int k = 0; k < 2; ++k) {
+    const int count = k == 0 ? small_n : 10 * small_n;
+    const fs::path tree = make_tree(b.root, count, 28);
+    const std::string tag = fmt::format("{}{}", augmented ? "b" : "a", count);
+    for (int rep = 0; rep < (b.o.smoke ? 1 : 3); ++rep) {
+      fs::remove_all(b.root / ("run-" + tag));
+      fs::remove_all(b.root / ("cache-" + tag));
+      const long peak = child_peak_rss_kib(memory_graph(b, tree, augmented, tag), b.root / ("run-" + tag),
+                                           b.root / ("cache-" + tag), b.threads);
+      rss[k] = rep == 0 ? peak : std::min(rss[k], peak);
     }
   }
+  return make_figure(b.name_of(id), "KiB", static_cast<double>(rss[1]), static_cast<double>(rss[0]), 1.10, false);
+}
 
-  Json all = Json::array();
+// Every figure that --only selects, in table order.
+std::vector<Figure> measure(const Bench& b) {
+  std::vector<Figure> figs;
+  if (b.want(kExtractionSmall)) figs.push_back(extraction(b, kExtractionSmall, b.n, 32, b.small, 64));
+  if (b.want(kExtractionVgg16)) figs.push_back(extraction(b, kExtractionVgg16, b.n_vgg, 64, b.vgg, 16));
+  if (b.want(kCachedHead)) figs.push_back(cached_head(b));
+  if (b.want(kAugmentedEpoch) || b.want(kDeterminismCost)) {
+    const AugmentedEpochs t = time_augmented_epochs(b);
+    if (b.want(kAugmentedEpoch)) figs.push_back(augmented_epoch(b, t));
+    if (b.want(kDeterminismCost)) figs.push_back(determinism_cost(b, t));
+  }
+  if (b.want(kScaling28)) figs.push_back(scaling(b, kScaling28, 28));
+  if (b.want(kScaling150)) figs.push_back(scaling(b, kScaling150, 150));
+  if (b.want(kPeakRssB)) figs.push_back(peak_rss(b, kPeakRssB, true));
+  if (b.want(kPeakRssA)) figs.push_back(peak_rss(b, kPeakRssA, false));
+  return figs;
+}
+
+// The table on stdout and bench.json hold the same figures, fields and ratios.
+void report(const Bench& b, std::vector<Figure>& figs) {
+  auto all = nlohmann::ordered_json::array();
   std::printf("%-52s %12s %12s %8s %8s %5s\n", "figure", "value", "bound", "ratio", "target", "met");
   for (Figure& f : figs) {
     f.ratio = f.bound > 0 ? f.value / f.bound : 0;
     std::printf("%-52s %12.2f %12.2f %8.3f %7s%.2f %5s  %s\n", f.name.c_str(), f.value, f.bound, f.ratio,
                 f.higher_is_better ? ">=" : "<=", f.target, f.met() ? "yes" : "no", f.unit.c_str());
-    Json j = Json::object();
-    j.set("name", f.name);
-    j.set("value", f.value);
-    j.set("bound", f.bound);
-    j.set("ratio", f.ratio);
-    j.set("target", f.target);
-    j.set("target_op", std::string(f.higher_is_better ? ">=" : "<="));  // met = ratio <op> target
-    j.set("met", f.met());
-    j.set("unit", f.unit);
-    all.push(std::move(j));
+    all.push_back({{"name", f.name},
+                   {"value", f.value},
+                   {"bound", f.bound},
+                   {"ratio", f.ratio},
+                   {"target", f.target},
+                   {"target_op", f.higher_is_better ? ">=" : "<="},  // met = ratio <op> target
+                   {"met", f.met()},
+                   {"unit", f.unit}});
   }
-  Json doc = Json::object();
-  doc.set("machine", machine());
-  doc.set("runtime", torch_runtime_info());
-  doc.set("threads", threads);
-  doc.set("smoke", o.smoke);
-  if (!o.only.empty()) doc.set("only", o.only);
-  doc.set("figures", all);
-  write_file_atomic(o.out, doc.dump(2) + "\n");
-  std::printf("wrote %s\n", o.out.c_str());
+  nlohmann::ordered_json doc;
+  doc["machine"] = machine();
+  doc["runtime"] = torch_runtime_info();
+  doc["threads"] = b.threads;
+  doc["smoke"] = b.o.smoke;
+  if (!b.o.only.empty()) doc["only"] = b.o.only;
+  doc["figures"] = all;
+  write_file_atomic(b.o.out, doc.dump(2) + "\n");
+  std::printf("wrote %s\n", b.o.out.c_str());
+}
+
+}  // namespace
+
+int run_bench(const BenchOptions& o) {
+  if (!only_matches_a_figure(o)) return 2;
+  const int threads = configure_threads(o.threads);
+  TempDir tmp;
+  tmp.own = o.data_dir.empty();
+  tmp.path = tmp.own ? fs::temp_directory_path() / fmt::format("pipe-bench-{}", ::getpid()) : fs::path(o.data_dir);
+  fs::create_directories(tmp.path);
+  const Bench b(o, threads, tmp.path);
+  print_header(b);
+  std::vector<Figure> figs = measure(b);
+  report(b, figs);
   for (const Figure& f : figs)
-    if (!(f.value > 0 && f.bound > 0)) return 1;
+    if (!(f.value > 0 && f.bound > 0)) return 1;  // a figure that measured nothing
   return 0;
 }
 

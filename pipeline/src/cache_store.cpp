@@ -9,6 +9,7 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -28,9 +29,9 @@
 #include <xxhash.h>
 
 #include <fmt/format.h>
-#include <yaml-cpp/yaml.h>
+#include <nlohmann/json.hpp>
 
-#include "json.h"
+#include "files.h"
 
 #ifndef PIPE_VERSION_STRING
 #define PIPE_VERSION_STRING "0.1.0"
@@ -349,6 +350,93 @@ struct FeatureCache::Writer::Impl {
     if (::ftruncate(fd, total) != 0) sys_fail("cannot size", tmp);
     pwrite_all(fd, header.data(), header.size(), 0, tmp);
   }
+
+  // A file with rows never written would read back as zeros: commit refuses it, naming the
+  // first hole. Caller holds mu.
+  void check_complete() const {
+    int64_t missing = 0, first_id = -1;
+    int first_view = -1;
+    for (int64_t id = 0; id < count; ++id) {
+      if (skips.count(id)) continue;
+      for (int v = 0; v < views; ++v)
+        if (!present[static_cast<std::size_t>(id * views + v)]) {
+          if (missing++ == 0) first_id = id, first_view = v;
+        }
+    }
+    if (missing)
+      throw std::logic_error(fmt::format(
+          "cache {}/{}: cannot commit: {} of {} rows missing (first: sample {} view {})",
+          fingerprint, split, missing, count * views, first_id, first_view));
+  }
+
+  // Syncs and closes the temp file. Returns its size and checksum, of the whole file as
+  // written (header + rows), read back from the page cache. Caller holds mu.
+  std::pair<uint64_t, std::string> sync_hash_close() {
+    if (::fsync(fd) != 0) sys_fail("cannot sync", tmp);
+    Hasher h;
+    std::vector<unsigned char> buf(1 << 20);
+    uint64_t size = 0;
+    for (;;) {
+      const ssize_t n = ::pread(fd, buf.data(), buf.size(), static_cast<off_t>(size));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        sys_fail("cannot read back", tmp);
+      }
+      if (n == 0) break;
+      h.update(buf.data(), static_cast<std::size_t>(n));
+      size += static_cast<uint64_t>(n);
+    }
+    if (::close(fd) != 0) {
+      fd = -1;
+      sys_fail("cannot close", tmp);
+    }
+    fd = -1;
+    return {size, h.hex()};
+  }
+
+  nlohmann::ordered_json manifest_json(uint64_t bytes, const std::string& checksum) const {
+    auto skipped = nlohmann::ordered_json::array();
+    for (const auto& [id, reason] : skips) skipped.push_back({{"id", id}, {"reason", reason}});
+    nlohmann::ordered_json m;
+    m["format"] = kFormatName;
+    m["format_version"] = kFormatVersion;
+    m["fingerprint"] = fingerprint;
+    m["description"] = description;
+    m["split"] = split;
+    m["count"] = count;
+    m["views"] = views;
+    m["feature_shape"] = feature_shape;
+    m["dtype"] = "float32";
+    m["file"] = split + ".npy";
+    m["header_bytes"] = header_size;
+    m["bytes"] = bytes;
+    m["checksum"] = checksum;
+    m["checksum_algorithm"] = "XXH3-128 (xxHash XXH3_128bits, seed 0, high64 then low64) of the whole .npy file";
+    m["labels"] = labels;
+    m["skipped"] = std::move(skipped);
+    m["created"] = utc_now();
+    m["pipe_version"] = PIPE_VERSION_STRING;
+    return m;
+  }
+
+  // Moves the synced temp file into place and writes its manifest `m`. Caller holds mu.
+  void publish(const nlohmann::ordered_json& m) {
+    // Hide any older entry first, so that a reader never pairs an old manifest with the new
+    // data; then data, then the manifest that makes the entry visible.
+    if (::unlink(manifest.c_str()) != 0 && errno != ENOENT) sys_fail("cannot replace", manifest);
+    if (std::rename(tmp.c_str(), npy.c_str()) != 0) sys_fail("cannot rename into place", tmp);
+    tmp.clear();
+    try {
+      // Bytes that are not UTF-8 (a reason quoting a file name) are written as U+FFFD.
+      write_file_atomic(manifest, m.dump(1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n");
+    } catch (...) {
+      // No manifest (a full disk): the data without it is no entry, only space that a full
+      // disk needs back. Any older entry was already hidden above.
+      ::unlink(npy.c_str());
+      throw;
+    }
+    fsync_dir(dir);
+  }
 };
 
 FeatureCache::Writer::Writer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -421,90 +509,10 @@ void FeatureCache::Writer::commit() {
   Impl& w = *impl_;
   std::lock_guard<std::mutex> g(w.mu);
   if (w.committed) throw std::logic_error("cache writer: commit called twice");
-
-  int64_t missing = 0, first_id = -1;
-  int first_view = -1;
-  for (int64_t id = 0; id < w.count; ++id) {
-    if (w.skips.count(id)) continue;
-    for (int v = 0; v < w.views; ++v)
-      if (!w.present[static_cast<std::size_t>(id * w.views + v)]) {
-        if (missing++ == 0) first_id = id, first_view = v;
-      }
-  }
-  if (missing)
-    throw std::logic_error(fmt::format(
-        "cache {}/{}: cannot commit: {} of {} rows missing (first: sample {} view {})",
-        w.fingerprint, w.split, missing, w.count * w.views, first_id, first_view));
-
+  w.check_complete();
   if (!w.shape_fixed) w.create_file({0});  // nothing added: every sample skipped, or N = 0
-
-  if (::fsync(w.fd) != 0) sys_fail("cannot sync", w.tmp);
-  // Checksum of the whole file as written (header + rows), read back from the page cache.
-  Hasher h;
-  std::vector<unsigned char> buf(1 << 20);
-  uint64_t size = 0;
-  for (;;) {
-    const ssize_t n = ::pread(w.fd, buf.data(), buf.size(), static_cast<off_t>(size));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      sys_fail("cannot read back", w.tmp);
-    }
-    if (n == 0) break;
-    h.update(buf.data(), static_cast<std::size_t>(n));
-    size += static_cast<uint64_t>(n);
-  }
-  if (::close(w.fd) != 0) {
-    w.fd = -1;
-    sys_fail("cannot close", w.tmp);
-  }
-  w.fd = -1;
-
-  Json skipped = Json::array();
-  for (const auto& [id, reason] : w.skips) {
-    Json o = Json::object();
-    o.set("id", id);
-    o.set("reason", reason);
-    skipped.push(std::move(o));
-  }
-  Json labels = Json::array();
-  for (int l : w.labels) labels.push(l);
-  Json shape = Json::array();
-  for (int64_t d : w.feature_shape) shape.push(d);
-
-  Json m = Json::object();
-  m.set("format", kFormatName);
-  m.set("format_version", kFormatVersion);
-  m.set("fingerprint", w.fingerprint);
-  m.set("description", w.description);
-  m.set("split", w.split);
-  m.set("count", w.count);
-  m.set("views", w.views);
-  m.set("feature_shape", std::move(shape));
-  m.set("dtype", "float32");
-  m.set("file", w.split + ".npy");
-  m.set("header_bytes", static_cast<int64_t>(w.header_size));
-  m.set("bytes", size);
-  m.set("checksum", h.hex());
-  m.set("checksum_algorithm", "XXH3-128 (xxHash XXH3_128bits, seed 0, high64 then low64) of the whole .npy file");
-  m.set("labels", std::move(labels));
-  m.set("skipped", std::move(skipped));
-  m.set("created", utc_now());
-  m.set("pipe_version", PIPE_VERSION_STRING);
-
-  // Hide any older entry first, so that a reader never pairs an old manifest with the new
-  // data; then data, then the manifest that makes the entry visible.
-  if (::unlink(w.manifest.c_str()) != 0 && errno != ENOENT) sys_fail("cannot replace", w.manifest);
-  if (std::rename(w.tmp.c_str(), w.npy.c_str()) != 0) sys_fail("cannot rename into place", w.tmp);
-  w.tmp.clear();
-  try {
-    write_file_atomic(w.manifest, m.dump(1) + "\n");
-  } catch (...) {
-    // No manifest (a full disk): the data without it is no entry, only space that a full
-    // disk needs back. Any older entry was already hidden above.
-    ::unlink(w.npy.c_str());
-    throw;
-  }
-  fsync_dir(w.dir);
+  const auto [bytes, checksum] = w.sync_hash_close();
+  w.publish(w.manifest_json(bytes, checksum));
   w.committed = true;
 }
 
@@ -594,6 +602,10 @@ struct FeatureCache::Entry::Mapping {
     const uint64_t before = served.fetch_add(bytes, std::memory_order_relaxed);
     if ((before + bytes) / kDropWindow != before / kDropWindow) drop(0, size);
   }
+  // Maps the whole data file at `path`, which must be a regular file of `bytes` bytes.
+  static std::shared_ptr<Mapping> map_data_file(const std::string& path, uint64_t bytes);
+  // Throws Corrupt unless the mapping starts with `header` and hashes to `checksum`.
+  void verify(const std::string& header, const std::string& checksum, const std::string& path) const;
 };
 
 namespace {
@@ -605,7 +617,7 @@ struct Corrupt : std::runtime_error {
       : std::runtime_error(why), file(std::move(f)), other_format(other) {}
 };
 
-// Bytes from a hostile file can reach a warning (a yaml-cpp message, a manifest value):
+// Bytes from a hostile file can reach a warning (a parser message, a manifest value):
 // anything but printable ASCII is escaped, so that a warning stays one harmless line.
 std::string printable(const std::string& s) {
   std::string out;
@@ -615,6 +627,51 @@ std::string printable(const std::string& s) {
     else out += fmt::format("\\x{:02x}", u);
   }
   return out;
+}
+
+// A manifest parsed as JSON (a regular file: open() checks before reading it).
+nlohmann::json read_manifest(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(std::strerror(errno));
+  return nlohmann::json::parse(in);
+}
+
+// Manifest fields, read strictly: a missing field, another type, or an integer out of the
+// range of T is an error naming the field (nlohmann's own get<int>() would truncate a large
+// integer, and converting 1e300 to int is undefined behaviour).
+const nlohmann::json& member(const nlohmann::json& m, const char* key) {
+  const auto it = m.find(key);  // end() on a non-object too
+  if (it == m.end()) throw std::runtime_error(fmt::format("no \"{}\"", key));
+  return *it;
+}
+
+template <class T>
+T as(const nlohmann::json& v, const char* key) {
+  if constexpr (std::is_same_v<T, std::string>) {
+    if (!v.is_string()) throw std::runtime_error(fmt::format("\"{}\" is not a string", key));
+    return v.get<std::string>();
+  } else if constexpr (std::is_integral_v<T>) {
+    if (v.is_number_unsigned()) {  // the parser's type for every integer >= 0
+      if (v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<T>::max())) return static_cast<T>(v.get<uint64_t>());
+    } else if (v.is_number_integer()) {
+      if constexpr (std::is_signed_v<T>)
+        if (v.get<int64_t>() >= std::numeric_limits<T>::min()) return static_cast<T>(v.get<int64_t>());
+    } else {
+      throw std::runtime_error(fmt::format("\"{}\" is not an integer", key));
+    }
+    throw std::runtime_error(fmt::format("\"{}\" is out of range", key));
+  } else {  // std::vector of integers
+    if (!v.is_array()) throw std::runtime_error(fmt::format("\"{}\" is not an array", key));
+    T out;
+    out.reserve(v.size());
+    for (const nlohmann::json& x : v) out.push_back(as<typename T::value_type>(x, key));
+    return out;
+  }
+}
+
+template <class T>
+T field(const nlohmann::json& m, const char* key) {
+  return as<T>(member(m, key), key);
 }
 
 // A shape for a warning: a manifest may claim thousands of dimensions.
@@ -627,7 +684,182 @@ bool lower_hex(const std::string& s, std::size_t digits) {
   return s.size() == digits && s.find_first_not_of("0123456789abcdef") == std::string::npos;
 }
 
+// A manifest parsed as JSON. Not a regular file is damage: a FIFO would block the read, a
+// directory cannot be parsed.
+nlohmann::json load_manifest(const std::string& path, const struct stat& st) {
+  if (!S_ISREG(st.st_mode)) throw Corrupt(path, "not a regular file");
+  try {
+    return read_manifest(path);
+  } catch (const std::exception& e) {
+    throw Corrupt(path, fmt::format("unreadable manifest: {}", e.what()));
+  }
+}
+
+// What a manifest says of its entry. Nothing in it is trusted until checked: by
+// check_claims, then against the data file.
+struct ManifestClaims {
+  int64_t count = 0;
+  int views = 0;
+  std::vector<int64_t> feature_shape;
+  std::string description;
+  uint64_t bytes = 0;
+  std::string checksum;
+  std::vector<int> labels;
+  std::vector<CacheSkip> skips;
+};
+
+ManifestClaims read_claims(const nlohmann::json& m, const std::string& path, const std::string& fingerprint,
+                           const std::string& split) {
+  ManifestClaims c;
+  try {
+    if (!m.is_object()) throw std::runtime_error("not a JSON object");
+    // The format first: a manifest of another version may differ in any other field.
+    if (!m.contains("format") || m["format"] != kFormatName)
+      throw std::runtime_error(fmt::format("format is not \"{}\"", kFormatName));
+    const int version = field<int>(m, "format_version");
+    if (version != kFormatVersion)
+      throw Corrupt(path,
+                    fmt::format("format_version {}, this pipe reads {}{}", version, kFormatVersion,
+                                version < kFormatVersion ? ": written by an older pipe" : ""),
+                    true);
+    if (field<std::string>(m, "fingerprint") != fingerprint)
+      throw std::runtime_error("fingerprint does not match its directory");
+    if (field<std::string>(m, "split") != split)
+      throw std::runtime_error("split does not match its file name");
+    if (field<std::string>(m, "dtype") != "float32") throw std::runtime_error("dtype is not float32");
+    c.count = field<int64_t>(m, "count");
+    c.views = field<int>(m, "views");
+    c.feature_shape = field<std::vector<int64_t>>(m, "feature_shape");
+    c.description = field<std::string>(m, "description");
+    c.bytes = field<uint64_t>(m, "bytes");
+    c.checksum = field<std::string>(m, "checksum");
+    c.labels = field<std::vector<int>>(m, "labels");
+    const nlohmann::json& skipped = member(m, "skipped");
+    if (!skipped.is_array()) throw std::runtime_error("\"skipped\" is not an array");
+    for (const nlohmann::json& s : skipped)
+      c.skips.push_back({field<int64_t>(s, "id"), field<std::string>(s, "reason")});
+  } catch (const Corrupt&) {
+    throw;
+  } catch (const std::exception& ex) {
+    throw Corrupt(path, fmt::format("bad manifest: {}", ex.what()));
+  }
+  return c;
+}
+
+void check_claims(const ManifestClaims& c, const std::string& path) {
+  if (c.count < 0 || c.views < 1 || static_cast<int64_t>(c.labels.size()) != c.count)
+    throw Corrupt(path, "bad manifest: count, views and labels disagree");
+  for (int64_t d : c.feature_shape)
+    if (d < 0) throw Corrupt(path, "bad manifest: negative feature dimension");
+  if (!lower_hex(c.checksum, 32)) throw Corrupt(path, "bad manifest: checksum is not 32 hex digits");
+}
+
+// Sorts `skips` by id and returns, per sample id, its index in them or -1.
+std::vector<int32_t> index_skips(std::vector<CacheSkip>& skips, int64_t count, const std::string& path) {
+  std::vector<int32_t> index(static_cast<std::size_t>(count), -1);
+  std::sort(skips.begin(), skips.end(), [](const CacheSkip& a, const CacheSkip& b) { return a.id < b.id; });
+  for (std::size_t i = 0; i < skips.size(); ++i) {
+    const int64_t id = skips[i].id;
+    if (id < 0 || id >= count) throw Corrupt(path, "bad manifest: skipped id out of range");
+    if (index[static_cast<std::size_t>(id)] >= 0) throw Corrupt(path, "bad manifest: skipped id listed twice");
+    index[static_cast<std::size_t>(id)] = static_cast<int32_t>(i);
+  }
+  return index;
+}
+
+// The data file that the manifest's shape implies: its npy header, then the rows.
+struct DataLayout {
+  std::string header;
+  int64_t row_floats = 0;
+};
+
+DataLayout data_layout(const ManifestClaims& c, const std::string& path) {
+  // Sizes first, overflow-checked: the shape is the manifest's claim, and the file must
+  // hold every row it implies.
+  const std::optional<RowSizes> sizes = row_sizes(c.count, c.views, c.feature_shape);
+  if (!sizes)
+    throw Corrupt(path, fmt::format("bad manifest: {} samples x {} views of features {} overflow", c.count,
+                                    c.views, brief_shape(c.feature_shape)));
+  DataLayout layout;
+  layout.row_floats = sizes->row_floats;
+  std::vector<int64_t> full{c.count, c.views};
+  full.insert(full.end(), c.feature_shape.begin(), c.feature_shape.end());
+  try {
+    layout.header = npy_header(full);
+  } catch (const std::exception& ex) {
+    throw Corrupt(path, fmt::format("bad manifest: {}", ex.what()));  // too many dimensions
+  }
+  const uint64_t expected = layout.header.size() + sizes->data_bytes;
+  if (expected != c.bytes)
+    throw Corrupt(path, fmt::format("bad manifest: shape needs {} bytes, manifest says {}", expected, c.bytes));
+  return layout;
+}
+
+// Warns that an entry is unusable and removes it, so that the caller recomputes it.
+void discard_entry(const Corrupt& c, const std::string& manifest, const std::string& npy,
+                   const std::string& lock_path) {
+  std::fprintf(stderr, "pipe: warning: cache file %s %s (%s); removing the entry, "
+               "it will be recomputed\n", c.file.c_str(),
+               c.other_format ? "is in another cache format" : "is corrupt", printable(c.what()).c_str());
+  std::fflush(stderr);
+  // Remove only when no writer holds the lock (a writer is about to replace the files).
+  // A lock file that cannot be opened (a read-only cache) leaves the files alone too.
+  int lock = -1;
+  try {
+    lock = acquire_lock(lock_path, false);
+  } catch (const std::exception&) {
+  }
+  if (lock >= 0) {
+    ::unlink(manifest.c_str());
+    ::unlink(npy.c_str());
+    ::close(lock);
+  }
+}
+
 }  // namespace
+
+std::shared_ptr<FeatureCache::Entry::Mapping> FeatureCache::Entry::Mapping::map_data_file(const std::string& path,
+                                                                                          uint64_t bytes) {
+  // O_NONBLOCK: a FIFO in place of the data file must not block the open.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) throw Corrupt(path, fmt::format("cannot open: {}", std::strerror(errno)));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw Corrupt(path, "not a regular file");
+  }
+  if (static_cast<uint64_t>(st.st_size) != bytes) {
+    const uint64_t actual = static_cast<uint64_t>(st.st_size);
+    ::close(fd);
+    throw Corrupt(path, fmt::format("{} bytes, manifest says {}", actual, bytes));
+  }
+  void* addr = ::mmap(nullptr, bytes, PROT_READ, MAP_SHARED, fd, 0);
+  const int map_errno = errno;
+  ::close(fd);
+  if (addr == MAP_FAILED)
+    throw Corrupt(path, fmt::format("cannot map: {}", std::strerror(map_errno)));
+  return std::make_shared<Mapping>(addr, bytes);
+}
+
+void FeatureCache::Entry::Mapping::verify(const std::string& header, const std::string& checksum,
+                                          const std::string& path) const {
+  const auto* base = static_cast<const unsigned char*>(addr);
+  if (std::memcmp(base, header.data(), header.size()) != 0)
+    throw Corrupt(path, "npy header does not match the manifest");
+  // Verified chunk by chunk, each dropped once hashed: checking a file must not leave all
+  // of it resident.
+  ::madvise(addr, size, MADV_SEQUENTIAL);
+  Hasher hasher;
+  for (uint64_t off = 0; off < size; off += kDropWindow) {
+    const auto len = static_cast<std::size_t>(std::min<uint64_t>(kDropWindow, size - off));
+    hasher.update(base + off, len);
+    drop(static_cast<std::size_t>(off), len);
+  }
+  ::madvise(addr, size, MADV_NORMAL);
+  const std::string sum = hasher.hex();
+  if (sum != checksum)
+    throw Corrupt(path, fmt::format("checksum {} but manifest says {}", sum, checksum));
+}
 
 std::shared_ptr<const FeatureCache::Entry> FeatureCache::open(const std::string& fingerprint,
                                                               const std::string& split) const {
@@ -637,142 +869,32 @@ std::shared_ptr<const FeatureCache::Entry> FeatureCache::open(const std::string&
   struct stat st {};
   if (::stat(manifest.c_str(), &st) != 0) return nullptr;  // missing (or being replaced)
 
+  // Cheapest checks first: the manifest alone, then the data file's size, and only then the
+  // checksum, which reads the whole file.
   try {
-    // Not a regular file (a FIFO would block the read, a directory cannot be parsed).
-    if (!S_ISREG(st.st_mode)) throw Corrupt(manifest, "not a regular file");
-    YAML::Node m;
-    try {
-      m = YAML::LoadFile(manifest);
-    } catch (const std::exception& e) {
-      throw Corrupt(manifest, fmt::format("unreadable manifest: {}", e.what()));
-    }
+    ManifestClaims claims = read_claims(load_manifest(manifest, st), manifest, fingerprint, split);
+    check_claims(claims, manifest);
     auto e = std::shared_ptr<Entry>(new Entry());
-    uint64_t bytes = 0;
-    std::string checksum;
-    try {
-      if (!m.IsMap()) throw std::runtime_error("not a JSON object");
-      // The format first: a manifest of another version may differ in any other field.
-      if (!m["format"].IsScalar() || m["format"].as<std::string>() != kFormatName)
-        throw std::runtime_error(fmt::format("format is not \"{}\"", kFormatName));
-      const int version = m["format_version"].as<int>();
-      if (version != kFormatVersion)
-        throw Corrupt(manifest,
-                      fmt::format("format_version {}, this pipe reads {}{}", version, kFormatVersion,
-                                  version < kFormatVersion ? ": written by an older pipe" : ""),
-                      true);
-      if (m["fingerprint"].as<std::string>() != fingerprint)
-        throw std::runtime_error("fingerprint does not match its directory");
-      if (m["split"].as<std::string>() != split)
-        throw std::runtime_error("split does not match its file name");
-      if (m["dtype"].as<std::string>() != "float32") throw std::runtime_error("dtype is not float32");
-      e->count_ = m["count"].as<int64_t>();
-      e->views_ = m["views"].as<int>();
-      e->feature_shape_ = m["feature_shape"].as<std::vector<int64_t>>();
-      e->description_ = m["description"].as<std::string>();
-      bytes = m["bytes"].as<uint64_t>();
-      checksum = m["checksum"].as<std::string>();
-      e->labels_ = m["labels"].as<std::vector<int>>();
-      for (const YAML::Node& s : m["skipped"])
-        e->skips_.push_back({s["id"].as<int64_t>(), s["reason"].as<std::string>()});
-    } catch (const Corrupt&) {
-      throw;
-    } catch (const std::exception& ex) {
-      throw Corrupt(manifest, fmt::format("bad manifest: {}", ex.what()));
-    }
-    if (e->count_ < 0 || e->views_ < 1 || static_cast<int64_t>(e->labels_.size()) != e->count_)
-      throw Corrupt(manifest, "bad manifest: count, views and labels disagree");
-    for (int64_t d : e->feature_shape_)
-      if (d < 0) throw Corrupt(manifest, "bad manifest: negative feature dimension");
-    if (!lower_hex(checksum, 32)) throw Corrupt(manifest, "bad manifest: checksum is not 32 hex digits");
-    e->skip_index_.assign(static_cast<std::size_t>(e->count_), -1);
-    std::sort(e->skips_.begin(), e->skips_.end(),
-              [](const CacheSkip& a, const CacheSkip& b) { return a.id < b.id; });
-    for (std::size_t i = 0; i < e->skips_.size(); ++i) {
-      const int64_t id = e->skips_[i].id;
-      if (id < 0 || id >= e->count_) throw Corrupt(manifest, "bad manifest: skipped id out of range");
-      if (e->skip_index_[static_cast<std::size_t>(id)] >= 0)
-        throw Corrupt(manifest, "bad manifest: skipped id listed twice");
-      e->skip_index_[static_cast<std::size_t>(id)] = static_cast<int32_t>(i);
-    }
-
-    // Sizes first, overflow-checked: the shape is the manifest's claim, and the file must
-    // hold every row it implies.
-    const std::optional<RowSizes> sizes = row_sizes(e->count_, e->views_, e->feature_shape_);
-    if (!sizes)
-      throw Corrupt(manifest, fmt::format("bad manifest: {} samples x {} views of features {} overflow",
-                                          e->count_, e->views_, brief_shape(e->feature_shape_)));
-    e->row_floats_ = sizes->row_floats;
-    std::vector<int64_t> full{e->count_, e->views_};
-    full.insert(full.end(), e->feature_shape_.begin(), e->feature_shape_.end());
-    std::string header;
-    try {
-      header = npy_header(full);
-    } catch (const std::exception& ex) {
-      throw Corrupt(manifest, fmt::format("bad manifest: {}", ex.what()));  // too many dimensions
-    }
-    const uint64_t expected = header.size() + sizes->data_bytes;
-    if (expected != bytes)
-      throw Corrupt(manifest, fmt::format("bad manifest: shape needs {} bytes, manifest says {}",
-                                          expected, bytes));
-
-    // O_NONBLOCK: a FIFO in place of the data file must not block the open.
-    const int fd = ::open(npy.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) throw Corrupt(npy, fmt::format("cannot open: {}", std::strerror(errno)));
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-      ::close(fd);
-      throw Corrupt(npy, "not a regular file");
-    }
-    if (static_cast<uint64_t>(st.st_size) != bytes) {
-      const uint64_t actual = static_cast<uint64_t>(st.st_size);
-      ::close(fd);
-      throw Corrupt(npy, fmt::format("{} bytes, manifest says {}", actual, bytes));
-    }
-    void* addr = ::mmap(nullptr, bytes, PROT_READ, MAP_SHARED, fd, 0);
-    const int map_errno = errno;
-    ::close(fd);
-    if (addr == MAP_FAILED)
-      throw Corrupt(npy, fmt::format("cannot map: {}", std::strerror(map_errno)));
-    auto mapping = std::make_shared<Entry::Mapping>(addr, bytes);
-    const auto* base = static_cast<const unsigned char*>(addr);
-    if (std::memcmp(base, header.data(), header.size()) != 0)
-      throw Corrupt(npy, "npy header does not match the manifest");
-    // Verified chunk by chunk, each dropped once hashed: checking a file must not leave all
-    // of it resident (see Mapping).
-    ::madvise(addr, bytes, MADV_SEQUENTIAL);
-    Hasher hasher;
-    for (uint64_t off = 0; off < bytes; off += Entry::kDropWindow) {
-      const auto len = static_cast<std::size_t>(std::min<uint64_t>(Entry::kDropWindow, bytes - off));
-      hasher.update(base + off, len);
-      mapping->drop(static_cast<std::size_t>(off), len);
-    }
-    ::madvise(addr, bytes, MADV_NORMAL);
-    const std::string sum = hasher.hex();
-    if (sum != checksum)
-      throw Corrupt(npy, fmt::format("checksum {} but manifest says {}", sum, checksum));
+    e->skip_index_ = index_skips(claims.skips, claims.count, manifest);
+    const DataLayout layout = data_layout(claims, manifest);
+    std::shared_ptr<Entry::Mapping> mapping = Entry::Mapping::map_data_file(npy, claims.bytes);
+    mapping->verify(layout.header, claims.checksum, npy);
 
     e->fingerprint_ = fingerprint;
     e->split_ = split;
     e->path_ = npy;
-    e->rows_ = reinterpret_cast<const float*>(base + header.size());
+    e->description_ = std::move(claims.description);
+    e->count_ = claims.count;
+    e->views_ = claims.views;
+    e->feature_shape_ = std::move(claims.feature_shape);
+    e->labels_ = std::move(claims.labels);
+    e->skips_ = std::move(claims.skips);
+    e->row_floats_ = layout.row_floats;
+    e->rows_ = reinterpret_cast<const float*>(static_cast<const unsigned char*>(mapping->addr) + layout.header.size());
     e->mapping_ = std::move(mapping);
     return e;
   } catch (const Corrupt& c) {
-    std::fprintf(stderr, "pipe: warning: cache file %s %s (%s); removing the entry, "
-                 "it will be recomputed\n", c.file.c_str(),
-                 c.other_format ? "is in another cache format" : "is corrupt", printable(c.what()).c_str());
-    std::fflush(stderr);
-    // Remove only when no writer holds the lock (a writer is about to replace the files).
-    // A lock file that cannot be opened (a read-only cache) leaves the files alone too.
-    int lock = -1;
-    try {
-      lock = acquire_lock(entry_dir(fingerprint) + "/" + split + ".lock", false);
-    } catch (const std::exception&) {
-    }
-    if (lock >= 0) {
-      ::unlink(manifest.c_str());
-      ::unlink(npy.c_str());
-      ::close(lock);
-    }
+    discard_entry(c, manifest, npy, entry_dir(fingerprint) + "/" + split + ".lock");
     return nullptr;
   }
 }
@@ -883,16 +1005,16 @@ std::vector<CacheEntryInfo> FeatureCache::list() const {
       const std::string split = f.substr(0, f.size() - 5);
       if (!valid_name(split)) continue;
       try {
-        const YAML::Node m = YAML::LoadFile(manifest_path(fp, split));
+        const nlohmann::json m = read_manifest(manifest_path(fp, split));
         CacheEntryInfo info;
         info.fingerprint = fp;
         info.split = split;
-        info.count = m["count"].as<int64_t>();
-        info.views = m["views"].as<int>();
-        info.feature_shape = m["feature_shape"].as<std::vector<int64_t>>();
-        info.skipped = static_cast<int64_t>(m["skipped"].size());
-        info.description = m["description"].as<std::string>();
-        info.created = m["created"].as<std::string>();
+        info.count = field<int64_t>(m, "count");
+        info.views = field<int>(m, "views");
+        info.feature_shape = field<std::vector<int64_t>>(m, "feature_shape");
+        info.skipped = static_cast<int64_t>(member(m, "skipped").size());
+        info.description = field<std::string>(m, "description");
+        info.created = field<std::string>(m, "created");
         info.path = npy_path(fp, split);
         info.bytes = file_size(info.path) + file_size(manifest_path(fp, split));
         out.push_back(std::move(info));

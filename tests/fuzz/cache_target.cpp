@@ -1,5 +1,5 @@
 // fuzz_cache's entry point (targets.h): a hostile cache directory through the cache reader.
-// Its own file, so that fuzz_cache links only the cache store (cache_store, json, tensor).
+// Its own file, so that fuzz_cache links only the cache store (cache_store, files, tensor).
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
