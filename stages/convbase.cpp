@@ -28,13 +28,14 @@
 #include <torch/script.h>
 
 #include "builtin.h"
+#include "cache_store.h"  // hash_file: XXH3-128 of the weights
 #include "torch_schemas.h"
 #include "torch_util.h"
 
 namespace pipeline::stages {
 namespace {
 
-using torchu::param;
+using namespace convbase;  // the parameters (torch_schemas.h)
 
 // First line of a (often multi-line, stack-trace carrying) c10 error message.
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
@@ -52,12 +53,12 @@ class ConvBase : public BatchStage {
  public:
   ConvBase(const Params& p, const StageContext& ctx)
       : what_(fmt::format("convbase '{}'", ctx.node)),
-        device_(torchu::parse_device(p.string("device"))),
+        device_(torchu::parse_device(p.get(kDevice))),
         norm_(torchu::image_norm(p, what_)),
-        batch_(choose_batch(static_cast<int>(p.integer("batch")), device_)),
-        bf16_(p.boolean("bf16")) {
-    const std::string& model = p.string("model");
-    const std::string& weights = p.string("weights");
+        batch_(choose_batch(static_cast<int>(p.get(kBatch)), device_)),
+        bf16_(p.get(kBf16)) {
+    const std::string model = p.get(kModel);
+    const std::string weights = p.get(kWeights);
     if (model.rfind("builtin:", 0) == 0) {
       const std::string name = model.substr(8);
       if (!torchu::is_builtin(name))
@@ -65,7 +66,7 @@ class ConvBase : public BatchStage {
                                              name, fmt::join(torchu::builtin_names(), ", ")));
       builtin_ = torchu::make_builtin(name);
       if (weights.empty()) {
-        const auto seed = static_cast<uint64_t>(p.integer("init_seed"));
+        const auto seed = static_cast<uint64_t>(p.get(kInitSeed));
         at::Generator gen = torchu::make_generator(seed);
         torchu::init_module(*builtin_, gen);
         fingerprint_ = fmt::format("{} random-init:{}", model, seed);
@@ -77,7 +78,7 @@ class ConvBase : public BatchStage {
           throw std::runtime_error(fmt::format("{}: cannot load weights '{}' into {}: {}", what_,
                                                path, model, first_line(e.what_without_backtrace())));
         }
-        fingerprint_ = fmt::format("{} weights:{}", model, torchu::file_hash(path));
+        fingerprint_ = fmt::format("{} weights:{}", model, hash_file(path));
       }
       torchu::freeze(*builtin_);
       builtin_->to(device_);
@@ -95,7 +96,7 @@ class ConvBase : public BatchStage {
       }
       script_->eval();
       for (auto p : script_->parameters()) p.set_requires_grad(false);
-      fingerprint_ = fmt::format("torchscript:{}", torchu::file_hash(path));
+      fingerprint_ = fmt::format("torchscript:{}", hash_file(path));
     }
   }
 
@@ -122,7 +123,7 @@ class ConvBase : public BatchStage {
  private:
   std::string existing_file(const std::string& given, const std::string& dir,
                             const char* param) const {
-    const std::string path = torchu::resolve_path(given, dir);
+    const std::string path = resolve_path(given, dir);
     if (!std::filesystem::is_regular_file(path))
       throw std::runtime_error(fmt::format("{}: {} file '{}' does not exist{}", what_, param, path,
                                            path == given ? "" : fmt::format(" (given as '{}')", given)));
@@ -161,9 +162,7 @@ class ConvBase : public BatchStage {
 }  // namespace
 
 void register_convbase(Registry& r) {
-  r.add(convbase_schema(), [](const Params& p, const StageContext& ctx) -> std::unique_ptr<Stage> {
-    return std::make_unique<ConvBase>(p, ctx);
-  });
+  r.add<ConvBase>(convbase_schema());
 }
 
 }  // namespace pipeline::stages

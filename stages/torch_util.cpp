@@ -14,58 +14,6 @@
 
 namespace pipeline {
 
-// ---------------------------------------------------------------- runtime (torch_runtime.h)
-
-void torch_set_threads(int n) {
-  static std::once_flag interop_once;
-  std::call_once(interop_once, [] {
-    // Throws when inter-op work already ran (set_num_interop_threads may be called once,
-    // before any inter-op parallel work): then the process keeps LibTorch's own setting.
-    try {
-      at::set_num_interop_threads(1);
-    } catch (const std::exception&) {
-    }
-  });
-  at::set_num_threads(std::max(1, n));
-}
-
-namespace {
-// Shared objects mapped into this process whose file name mentions a BLAS/LAPACK provider.
-std::vector<std::string> mapped_blas_libraries() {
-  std::ifstream maps("/proc/self/maps");
-  std::set<std::string> seen;
-  std::vector<std::string> out;
-  std::string line;
-  while (std::getline(maps, line)) {
-    const auto slash = line.find('/');
-    if (slash == std::string::npos) continue;
-    const std::string path = line.substr(slash);
-    const std::string file = std::filesystem::path(path).filename().string();
-    const bool blas = file.find("blas") != std::string::npos ||
-                      file.find("lapack") != std::string::npos ||
-                      file.rfind("libmkl", 0) == 0 || file.find("blis") != std::string::npos;
-    if (blas && seen.insert(path).second) out.push_back(path);
-  }
-  return out;
-}
-}  // namespace
-
-std::string torch_runtime_info() {
-  std::vector<std::string> blas = mapped_blas_libraries();
-  return fmt::format(
-      "LibTorch {}, {} intra-op thread(s), {} inter-op, BLAS: {}, oneDNN: {}, CUDA: {}",
-      TORCH_VERSION, at::get_num_threads(), at::get_num_interop_threads(),
-      blas.empty() ? std::string("none mapped") : fmt::format("{}", fmt::join(blas, ", ")),
-      at::hasMKLDNN() ? "yes" : "no",
-      torch::cuda::is_available()
-          ? fmt::format("{} device(s)", torch::cuda::device_count())
-          : std::string("not available"));
-}
-
-bool torch_cuda_available() { return torch::cuda::is_available(); }
-
-void torch_manual_seed(uint64_t seed) { torch::manual_seed(seed); }
-
 namespace torchu {
 
 // ---------------------------------------------------------------- devices
@@ -100,9 +48,9 @@ torch::Device parse_device(const std::string& spec) {
 
 ImageNorm image_norm(const Params& p, const std::string& what) {
   ImageNorm n;
-  n.rescale = p.number("rescale");
-  n.mean = p.numbers("mean");
-  n.std = p.numbers("std");
+  n.rescale = p.get(stages::image_norm::kRescale);
+  n.mean = p.get(stages::image_norm::kMean);
+  n.std = p.get(stages::image_norm::kStd);
   if (n.mean.empty() != n.std.empty())
     throw std::runtime_error(fmt::format("{}: give both 'mean' and 'std', or neither", what));
   if (!n.mean.empty() && (n.mean.size() != 3 || n.std.size() != 3))
@@ -238,30 +186,6 @@ void init_module(nn::Module& m, at::Generator& gen) {
       bn->bias.zero_();
     }
   }
-}
-
-// ---------------------------------------------------------------- files
-
-std::string resolve_path(const std::string& path, const std::string& base_dir) {
-  std::filesystem::path p(path);
-  if (p.is_absolute() || base_dir.empty()) return p.lexically_normal().string();
-  return (std::filesystem::path(base_dir) / p).lexically_normal().string();
-}
-
-std::string file_hash(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(fmt::format("cannot read '{}'", path));
-  uint64_t h = 1469598103934665603ull;  // FNV-1a 64, as pipe::hash64
-  std::vector<char> buf(1 << 20);
-  while (in) {
-    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    const std::streamsize got = in.gcount();
-    for (std::streamsize i = 0; i < got; ++i) {
-      h ^= static_cast<uint8_t>(buf[static_cast<size_t>(i)]);
-      h *= 1099511628211ull;
-    }
-  }
-  return fmt::format("{:016x}", h);
 }
 
 // ---------------------------------------------------------------- modules

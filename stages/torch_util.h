@@ -14,9 +14,9 @@
 #include "pipe/params.h"
 #include "pipe/stage.h"
 #include "pipe/tensor.h"
-#include "json.h"
+#include "files.h"
 #include "torch_runtime.h"
-#include "torch_schemas.h"  // param(), image_norm_params()
+#include "torch_schemas.h"  // the image_norm parameters
 
 namespace pipeline::torchu {
 
@@ -43,7 +43,7 @@ struct ImageNorm {
   double rescale = 1.0 / 255.0;
   std::vector<double> mean, std;  // both empty or both of size 3 (RGB order)
 };
-// Reads the schema params `rescale`, `mean`, `std` (declared by image_norm_params()) and
+// Reads the params `rescale`, `mean`, `std` (declared in torch_schemas.h) and
 // checks them; throws std::runtime_error naming `what` on inconsistent lists.
 ImageNorm image_norm(const Params& p, const std::string& what);
 
@@ -80,12 +80,6 @@ int64_t builtin_channels(const std::string& name);  // feature channels
 // Keras' Dense, BN weight 1 / bias 0): no use of the global generator.
 void init_module(torch::nn::Module& m, at::Generator& gen);
 at::Generator make_generator(uint64_t seed);
-
-// ---- files
-// Resolves `path` against `base_dir` unless absolute or base_dir is empty.
-std::string resolve_path(const std::string& path, const std::string& base_dir);
-// FNV-1a 64 of a file's bytes as 16 hex digits; throws std::runtime_error naming the path.
-std::string file_hash(const std::string& path);
 
 // Freezes a module: eval mode and requires_grad(false) on every parameter.
 void freeze(torch::nn::Module& m);

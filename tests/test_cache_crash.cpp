@@ -16,7 +16,7 @@
 #include <thread>
 
 #include <fmt/format.h>
-#include <yaml-cpp/yaml.h>
+#include <nlohmann/json.hpp>
 
 #include "cache_store.h"
 #include "process.h"
@@ -40,12 +40,12 @@ struct Summary {
 };
 
 Summary summary(const fs::path& run) {
-  const YAML::Node s = YAML::LoadFile((run / "summary.json").string());
+  const auto s = nlohmann::json::parse(std::ifstream(run / "summary.json"));
   Summary out;
   for (const char* k : {"train_loss", "val_acc", "best_val_acc", "test_acc", "test_loss"})
-    out.metrics += s[k].as<std::string>() + " ";
-  out.misses = s["cache"]["misses"].as<int64_t>();
-  out.hits = s["cache"]["hits"].as<int64_t>();
+    out.metrics += s.at(k).dump() + " ";
+  out.misses = s.at("cache").at("misses").get<int64_t>();
+  out.hits = s.at("cache").at("hits").get<int64_t>();
   return out;
 }
 
@@ -263,8 +263,8 @@ TEST_CASE("a full disk fails the run naming the cache file and the reason and lo
       uint64_t bytes;
       std::string file;
     };
-    const std::vector<Case> cases = tmpfs ? std::vector<Case>{{4096, "metrics.jsonl"}, {65536, "checkpoint.tmp/head/head.pt"}}
-                                          : std::vector<Case>{{65536, "checkpoint.tmp/head/head.pt"}};
+    const std::vector<Case> cases = tmpfs ? std::vector<Case>{{4096, "metrics.jsonl"}, {65536, "checkpoint.tmp/head/net.pt"}}
+                                          : std::vector<Case>{{65536, "checkpoint.tmp/head/net.pt"}};
     for (const Case& k : cases) {
       INFO(k.file);
       if (tmpfs) REQUIRE(::mount("tmpfs", outdisk.c_str(), "tmpfs", 0, fmt::format("size={}", k.bytes).c_str()) == 0);

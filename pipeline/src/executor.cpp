@@ -433,48 +433,41 @@ struct Msg {
 
 }  // namespace
 
-PassResult run_pass(const PassSpec& pass, Profile& profile) {
-  const int64_t t_start = now_ns();
-  const Topology topo = resolve(pass);
-  // Samples wait in partial batches while holding tokens: the cap must exceed what the
-  // tail can hold, or the feed would stall forever on a half-built batch.
-  const int64_t cap = std::max<int64_t>(pass.in_flight, 2 * topo.held + 2);
+namespace {
 
-  NodeProfile& feed_prof = profile.node("(feed)", "source");
-  // Only a pass with a separate load step shows it in the profile (planned passes load in an op).
-  NodeProfile& load_prof = pass.load ? profile.node(pass.load_name, "load") : feed_prof;
-  const Region region(pass, topo, profile, load_prof);
-  NodeProfile* tail_in = nullptr;
-  for (size_t i = 0; i < pass.nodes.size() && !tail_in; ++i)
-    if (!topo.region[i]) tail_in = &profile.node(pass.nodes[i].name, pass.nodes[i].stage);
-
-  if (region.cheap()) {
-    // Inline: at most one partial batch per tail op is ever held, so memory stays bounded.
-    Tail tail(pass, topo, profile, [] {});
-    int64_t fed = 0;
-    bool stopped = false;
-    for (; fed < pass.count; ++fed) {
-      if (pass.stop && pass.stop->load()) {
-        stopped = true;
-        break;
-      }
-      Timed tf(feed_prof);
-      Sample s = pass.describe(fed);
-      tf.done();
-      if (pass.on_admit) pass.on_admit(1);
-      Bundle b;
-      b.seq = fed;
-      region.run(b, std::move(s));
-      tail.push(std::move(b));
+// A pass whose region is only memory reads: run on the calling thread, no hand-offs. At most
+// one partial batch per tail op is ever held, so memory stays bounded.
+PassResult run_inline(const PassSpec& pass, const Topology& topo, const Region& region, Profile& profile,
+                      NodeProfile& feed_prof, int64_t t_start) {
+  // Inline: at most one partial batch per tail op is ever held, so memory stays bounded.
+  Tail tail(pass, topo, profile, [] {});
+  int64_t fed = 0;
+  bool stopped = false;
+  for (; fed < pass.count; ++fed) {
+    if (pass.stop && pass.stop->load()) {
+      stopped = true;
+      break;
     }
-    tail.flush();
-    PassResult r = std::move(tail.result);
-    r.fed = fed;
-    r.interrupted = stopped;
-    r.seconds = static_cast<double>(now_ns() - t_start) / 1e9;
-    return r;
+    Timed tf(feed_prof);
+    Sample s = pass.describe(fed);
+    tf.done();
+    if (pass.on_admit) pass.on_admit(1);
+    Bundle b;
+    b.seq = fed;
+    region.run(b, std::move(s));
+    tail.push(std::move(b));
   }
+  tail.flush();
+  PassResult r = std::move(tail.result);
+  r.fed = fed;
+  r.interrupted = stopped;
+  r.seconds = static_cast<double>(now_ns() - t_start) / 1e9;
+  return r;
+}
 
+// The flow graph: feed -> limiter -> region (parallel) -> sequencer -> tail (serial).
+PassResult run_flow(const PassSpec& pass, const Topology& topo, const Region& region, Profile& profile,
+                    NodeProfile& feed_prof, NodeProfile* tail_in, int64_t cap, int64_t t_start) {
   flow::graph g;
   std::atomic<int64_t> in_flight{0};
   std::atomic<bool> stopped{false};
@@ -553,6 +546,28 @@ PassResult run_pass(const PassSpec& pass, Profile& profile) {
   if (tail_in) tail_in->wait_ns += std::max<int64_t>(0, wall - tail_busy);
   r.seconds = static_cast<double>(wall) / 1e9;
   return r;
+}
+
+
+}  // namespace
+
+PassResult run_pass(const PassSpec& pass, Profile& profile) {
+  const int64_t t_start = now_ns();
+  const Topology topo = resolve(pass);
+  // Samples wait in partial batches while holding tokens: the cap must exceed what the
+  // tail can hold, or the feed would stall forever on a half-built batch.
+  const int64_t cap = std::max<int64_t>(pass.in_flight, 2 * topo.held + 2);
+
+  NodeProfile& feed_prof = profile.node("(feed)", "source");
+  // Only a pass with a separate load step shows it in the profile (planned passes load in an op).
+  NodeProfile& load_prof = pass.load ? profile.node(pass.load_name, "load") : feed_prof;
+  const Region region(pass, topo, profile, load_prof);
+  NodeProfile* tail_in = nullptr;
+  for (size_t i = 0; i < pass.nodes.size() && !tail_in; ++i)
+    if (!topo.region[i]) tail_in = &profile.node(pass.nodes[i].name, pass.nodes[i].stage);
+
+  if (region.cheap()) return run_inline(pass, topo, region, profile, feed_prof, t_start);
+  return run_flow(pass, topo, region, profile, feed_prof, tail_in, cap, t_start);
 }
 
 }  // namespace pipeline

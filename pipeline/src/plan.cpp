@@ -141,9 +141,7 @@ std::vector<CachePoint> cache_points(const GraphSpec& g, const Active& a, Split 
     c.node = static_cast<int>(i);
     c.producer = a.in[i].empty() ? -1 : a.in[i][0];  // -1: the source itself
     c.split = split;
-    std::string dir = n.params.string("dir");
-    if (!dir.empty() && dir[0] != '/' && dir[0] != '~' && g.dir != ".") dir = g.dir + "/" + dir;
-    c.root = resolve_cache_dir(dir);
+    c.root = resolve_cache_dir(resolve_path(n.params.string("dir"), g.dir));
     const int views = split == Split::train ? static_cast<int>(n.params.integer("views")) : 0;
     c.views = std::max(1, views);
     c.key = cache_key(g, a, c.producer, split, views, ctx, &c.description);

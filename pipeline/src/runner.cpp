@@ -18,6 +18,7 @@
 #include <oneapi/tbb/global_control.h>
 
 #include "cache_store.h"
+#include "files.h"
 #include "torch_runtime.h"
 #include "plan.h"
 
@@ -39,6 +40,24 @@ int configure_threads(int n) {
 }
 
 namespace {
+
+using json = nlohmann::ordered_json;  // keeps keys in insertion order
+
+// Strings that are not UTF-8 (a file name in a skip reason) are written as U+FFFD.
+std::string dump(const json& j, int indent) {
+  return j.dump(indent, ' ', false, json::error_handler_t::replace);
+}
+
+// A JSON file a run wrote (checkpoint/state.json); errors name the file.
+json read_json(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(fmt::format("cannot read {}: {}", path, std::strerror(errno)));
+  try {
+    return json::parse(in);
+  } catch (const json::exception& e) {
+    throw std::runtime_error(fmt::format("{}: {}", path, e.what()));
+  }
+}
 
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -220,34 +239,26 @@ class Run {
     }
   }
 
-  static Json epoch_json(const EpochMetrics& m, bool has_val) {
-    Json o = Json::object();
-    o.set("train_loss", m.train.loss);
-    o.set("train_acc", m.train.accuracy);
-    o.set("val_loss", has_val ? Json(m.validation.loss) : Json());
-    o.set("val_acc", has_val ? Json(m.validation.accuracy) : Json());
-    return o;
+  static json epoch_json(const EpochMetrics& m, bool has_val) {
+    return {{"train_loss", m.train.loss},
+            {"train_acc", m.train.accuracy},
+            {"val_loss", has_val ? json(m.validation.loss) : json()},
+            {"val_acc", has_val ? json(m.validation.accuracy) : json()}};
   }
 
   // One line per epoch: flat with one reporting sink, else one object per sink by name.
   void write_metrics_line(int e, double seconds, bool has_val, std::ofstream& metrics) {
     if (!cfg_.write_outputs) return;
-    Json line = Json::object();
-    line.set("epoch", e);
+    json line;
+    line["epoch"] = e;
     const auto rep = reporting();
-    if (rep.size() == 1) {
-      const EpochMetrics& m = rep[0]->r.epochs.back();
-      line.set("train_loss", m.train.loss);
-      line.set("train_acc", m.train.accuracy);
-      line.set("val_loss", has_val ? Json(m.validation.loss) : Json());
-      line.set("val_acc", has_val ? Json(m.validation.accuracy) : Json());
-    } else {
-      for (SinkRun* s : rep) line.set(s->r.name, epoch_json(s->r.epochs.back(), has_val));
-    }
-    line.set("seconds", seconds);
+    if (rep.size() == 1) line.update(epoch_json(rep[0]->r.epochs.back(), has_val));
+    else
+      for (SinkRun* s : rep) line[s->r.name] = epoch_json(s->r.epochs.back(), has_val);
+    line["seconds"] = seconds;
     const int64_t n = rep.empty() ? 0 : rep[0]->r.epochs.back().train.count;
-    line.set("images_per_s", seconds > 0 ? static_cast<double>(n) / seconds : 0.0);
-    if (!(metrics << line.dump() << "\n" << std::flush)) {
+    line["images_per_s"] = seconds > 0 ? static_cast<double>(n) / seconds : 0.0;
+    if (!(metrics << dump(line, -1) << "\n" << std::flush)) {
       const int err = errno;  // a stream hides it; the failed write(2) (a full disk) left it set
       throw std::runtime_error(fmt::format("cannot write {}: {}", (fs::path(res_.out_dir) / "metrics.jsonl").string(),
                                            std::strerror(err)));
@@ -266,28 +277,26 @@ class Run {
     const fs::path tmp = dir / "checkpoint.tmp", final_dir = dir / "checkpoint", old = dir / "checkpoint.old";
     fs::remove_all(tmp);
     fs::create_directories(tmp);
-    Json st = Json::object();
-    st.set("graph_file", spec_.file);
-    Json ov = Json::array();
-    for (const std::string& o : cfg_.overrides) ov.push(o);
-    st.set("overrides", ov);
-    st.set("resolved_hash", resolved_hash(spec_));
-    st.set("epochs_completed", epoch);
-    Json sinks = Json::object();
+    json st;
+    st["graph_file"] = spec_.file;
+    st["overrides"] = cfg_.overrides;
+    st["resolved_hash"] = resolved_hash(spec_);
+    st["epochs_completed"] = epoch;
+    json sinks = json::object();
     for (const SinkRun& s : sinks_) {
       fs::create_directories(tmp / s.r.name);
       s.impl->save_state((tmp / s.r.name).string());
-      sinks.set(s.r.name, sink_state(s));
+      sinks[s.r.name] = sink_state(s);
     }
-    st.set("sinks", sinks);
-    st.set("cache_hits", res_.cache_hits);
-    st.set("cache_misses", res_.cache_misses);
-    st.set("extraction_seconds", res_.extraction_seconds);
-    Json sk = Json::array();
+    st["sinks"] = sinks;
+    st["cache_hits"] = res_.cache_hits;
+    st["cache_misses"] = res_.cache_misses;
+    st["extraction_seconds"] = res_.extraction_seconds;
+    json sk = json::array();
     for (const SkippedSample& k : res_.skipped)
-      sk.push(Json(Json::Array{Json(k.id), Json(k.sample), Json(k.reason), Json(k.node), Json(static_cast<int>(k.split))}));
-    st.set("skipped", sk);
-    write_file_atomic((tmp / "state.json").string(), st.dump(1) + "\n");
+      sk.push_back(json::array({k.id, k.sample, k.reason, k.node, static_cast<int>(k.split)}));
+    st["skipped"] = sk;
+    write_file_atomic((tmp / "state.json").string(), dump(st, 1) + "\n");
     // Swap in the new checkpoint: a crash between the renames leaves checkpoint.old, which
     // resume() falls back to.
     fs::remove_all(old);
@@ -296,22 +305,15 @@ class Run {
     fs::remove_all(old);
   }
 
-  static Json sink_state(const SinkRun& s) {
-    Json eps = Json::array();
-    for (const EpochMetrics& m : s.r.epochs) {
-      Json e = Json::object();
-      e.set("epoch", m.epoch);
-      e.set("train", Json(Json::Array{Json(m.train.loss), Json(m.train.accuracy), Json(m.train.count)}));
-      e.set("validation", Json(Json::Array{Json(m.validation.loss), Json(m.validation.accuracy), Json(m.validation.count)}));
-      e.set("seconds", m.seconds);
-      e.set("images_per_s", m.images_per_s);
-      eps.push(std::move(e));
-    }
-    Json o = Json::object();
-    o.set("epochs", eps);
-    o.set("best_val_acc", s.r.best_val_acc);
-    o.set("best_epoch", s.r.best_epoch);
-    return o;
+  static json sink_state(const SinkRun& s) {
+    json eps = json::array();
+    for (const EpochMetrics& m : s.r.epochs)
+      eps.push_back({{"epoch", m.epoch},
+                     {"train", json::array({m.train.loss, m.train.accuracy, m.train.count})},
+                     {"validation", json::array({m.validation.loss, m.validation.accuracy, m.validation.count})},
+                     {"seconds", m.seconds},
+                     {"images_per_s", m.images_per_s}});
+    return {{"epochs", eps}, {"best_val_acc", s.r.best_val_acc}, {"best_epoch", s.r.best_epoch}};
   }
 
   // Restores the state of the last completed epoch; returns its number.
@@ -322,33 +324,41 @@ class Run {
     for (const SinkRun& s : sinks_)
       if (!s.impl->can_resume())
         throw std::runtime_error(fmt::format("sink '{}' ({}) cannot resume", s.r.name, s.r.stage));
-    const YAML::Node st = YAML::LoadFile((dir / "state.json").string());
-    for (SinkRun& s : sinks_) {
-      const YAML::Node ss = st["sinks"][s.r.name];
-      for (const auto& e : ss["epochs"]) {
-        EpochMetrics m;
-        m.epoch = e["epoch"].as<int>();
-        m.train = {e["train"][0].as<double>(), e["train"][1].as<double>(), e["train"][2].as<int64_t>()};
-        m.validation = {e["validation"][0].as<double>(), e["validation"][1].as<double>(), e["validation"][2].as<int64_t>()};
-        m.seconds = e["seconds"].as<double>();
-        m.images_per_s = e["images_per_s"].as<double>();
-        s.r.epochs.push_back(m);
+    const std::string path = (dir / "state.json").string();
+    const json st = read_json(path);
+    int done = 0;
+    try {
+      for (SinkRun& s : sinks_) {
+        const json& ss = st.at("sinks").at(s.r.name);
+        for (const json& e : ss.at("epochs")) {
+          EpochMetrics m;
+          m.epoch = e.at("epoch").get<int>();
+          const json &t = e.at("train"), &v = e.at("validation");
+          m.train = {t.at(0).get<double>(), t.at(1).get<double>(), t.at(2).get<int64_t>()};
+          m.validation = {v.at(0).get<double>(), v.at(1).get<double>(), v.at(2).get<int64_t>()};
+          m.seconds = e.at("seconds").get<double>();
+          m.images_per_s = e.at("images_per_s").get<double>();
+          s.r.epochs.push_back(m);
+        }
+        s.r.best_val_acc = ss.at("best_val_acc").get<double>();
+        s.r.best_epoch = ss.at("best_epoch").get<int>();
+        s.impl->load_state((dir / s.r.name).string());
       }
-      s.r.best_val_acc = ss["best_val_acc"].as<double>();
-      s.r.best_epoch = ss["best_epoch"].as<int>();
-      s.impl->load_state((dir / s.r.name).string());
+      res_.cache_hits = st.at("cache_hits").get<int64_t>();
+      res_.cache_misses = st.at("cache_misses").get<int64_t>();
+      res_.extraction_seconds = st.at("extraction_seconds").get<double>();
+      for (const json& k : st.at("skipped")) {
+        const auto split = static_cast<Split>(k.at(4).get<int>());
+        res_.skipped.push_back({k.at(0).get<int64_t>(), k.at(1).get<std::string>(), k.at(2).get<std::string>(),
+                                k.at(3).get<std::string>(), split});
+        skip_seen_.insert({static_cast<int>(split), k.at(0).get<int64_t>()});
+      }
+      // metrics.jsonl keeps exactly the completed epochs: a line of the interrupted epoch
+      // was never written, since lines are written only when an epoch completes.
+      done = st.at("epochs_completed").get<int>();
+    } catch (const json::exception& e) {
+      throw std::runtime_error(fmt::format("{}: {}", path, e.what()));
     }
-    res_.cache_hits = st["cache_hits"].as<int64_t>();
-    res_.cache_misses = st["cache_misses"].as<int64_t>();
-    res_.extraction_seconds = st["extraction_seconds"].as<double>();
-    for (const auto& k : st["skipped"]) {
-      const auto split = static_cast<Split>(k[4].as<int>());
-      res_.skipped.push_back({k[0].as<int64_t>(), k[1].as<std::string>(), k[2].as<std::string>(), k[3].as<std::string>(), split});
-      skip_seen_.insert({static_cast<int>(split), k[0].as<int64_t>()});
-    }
-    // metrics.jsonl keeps exactly the completed epochs: a line of the interrupted epoch
-    // was never written, since lines are written only when an epoch completes.
-    const int done = st["epochs_completed"].as<int>();
     if (!cfg_.quiet) std::fprintf(stderr, "pipe: resuming %s after epoch %d\n", res_.out_dir.c_str(), done);
     return done;
   }
@@ -365,6 +375,14 @@ class Run {
     auto it = entries_.find(id);
     if (it != entries_.end()) return it->second;
     auto e = store(c.root).open(c.key, split_of(c));
+    // The key promises the shape; an entry that disagrees (a colliding or hand-edited one) is
+    // treated as missing and recomputed rather than read out of range.
+    if (e && (e->count() != source_->size(c.split) || e->views() != c.views)) {
+      std::fprintf(stderr, "pipe: warning: cache entry %s holds %lld samples x %d views, expected %lld x %d; recomputing\n",
+                   e->path().c_str(), static_cast<long long>(e->count()), e->views(),
+                   static_cast<long long>(source_->size(c.split)), c.views);
+      return nullptr;
+    }
     if (e) entries_[id] = e;
     return e;
   }
@@ -546,36 +564,34 @@ class Run {
       if (skip_seen_.insert({static_cast<int>(split), s.id}).second) res_.skipped.push_back(s);
   }
 
-  Json profile_json() {
-    Json prof = Json::array();
+  json profile_json() {
+    json prof = json::array();
     for (const NodeProfile* n : profile_.nodes()) {
-      Json o = Json::object();
-      o.set("node", n->node);
-      o.set("stage", n->stage);
-      o.set("items", n->items.load());
       const double busy = static_cast<double>(n->busy_ns.load()) / 1e9;
-      o.set("busy_seconds", busy);
-      // Summed over samples (sample-seconds): with many samples in flight this exceeds wall time.
-      o.set("blocked_sample_seconds", static_cast<double>(n->blocked_ns.load()) / 1e9);
-      o.set("waiting_seconds", static_cast<double>(n->wait_ns.load()) / 1e9);
-      o.set("items_per_s", busy > 0 ? static_cast<double>(n->items.load()) / busy : 0.0);
-      prof.push(std::move(o));
+      prof.push_back({{"node", n->node},
+                      {"stage", n->stage},
+                      {"items", n->items.load()},
+                      {"busy_seconds", busy},
+                      // Summed over samples (sample-seconds): with many samples in flight this exceeds wall time.
+                      {"blocked_sample_seconds", static_cast<double>(n->blocked_ns.load()) / 1e9},
+                      {"waiting_seconds", static_cast<double>(n->wait_ns.load()) / 1e9},
+                      {"items_per_s", busy > 0 ? static_cast<double>(n->items.load()) / busy : 0.0}});
     }
     return prof;
   }
 
   // The metric keys of one sink (the summary's flat keys for a one-head graph).
-  static void set_metrics(Json& o, const SinkResult& r) {
+  static void set_metrics(json& o, const SinkResult& r) {
     const EpochMetrics* last = r.epochs.empty() ? nullptr : &r.epochs.back();
-    o.set("train_loss", last ? Json(last->train.loss) : Json());
-    o.set("train_acc", last ? Json(last->train.accuracy) : Json());
-    o.set("val_loss", last ? Json(last->validation.loss) : Json());
-    o.set("val_acc", last ? Json(last->validation.accuracy) : Json());
-    o.set("best_val_acc", r.best_val_acc >= 0 ? Json(r.best_val_acc) : Json());
-    o.set("best_epoch", r.best_epoch);
-    o.set("test_loss", r.test.count > 0 ? Json(r.test.loss) : Json());
-    o.set("test_acc", r.test.count > 0 ? Json(r.test.accuracy) : Json());
-    o.set("test_count", r.test.count);
+    o["train_loss"] = last ? json(last->train.loss) : json();
+    o["train_acc"] = last ? json(last->train.accuracy) : json();
+    o["val_loss"] = last ? json(last->validation.loss) : json();
+    o["val_acc"] = last ? json(last->validation.accuracy) : json();
+    o["best_val_acc"] = r.best_val_acc >= 0 ? json(r.best_val_acc) : json();
+    o["best_epoch"] = r.best_epoch;
+    o["test_loss"] = r.test.count > 0 ? json(r.test.loss) : json();
+    o["test_acc"] = r.test.count > 0 ? json(r.test.accuracy) : json();
+    o["test_count"] = r.test.count;
   }
 
   void finish() {
@@ -588,44 +604,35 @@ class Run {
       res_.best_epoch = rep[0]->r.best_epoch;
     }
     res_.profile = profile_json();
-    Json s = Json::object();
-    s.set("graph", spec_.name);
-    s.set("graph_file", spec_.file);
-    s.set("status", res_.interrupted ? "interrupted" : "completed");
-    s.set("seed", spec_.train.seed);
-    s.set("epochs", spec_.train.epochs);
-    s.set("epochs_completed", rep.empty() ? 0 : static_cast<int>(rep[0]->r.epochs.size()));
-    s.set("threads", threads_);
+    json s;
+    s["graph"] = spec_.name;
+    s["graph_file"] = spec_.file;
+    s["status"] = res_.interrupted ? "interrupted" : "completed";
+    s["seed"] = spec_.train.seed;
+    s["epochs"] = spec_.train.epochs;
+    s["epochs_completed"] = rep.empty() ? 0 : static_cast<int>(rep[0]->r.epochs.size());
+    s["threads"] = threads_;
     if (rep.size() == 1) set_metrics(s, rep[0]->r);
-    Json sinks = Json::object();
+    json sinks = json::object();
     for (const SinkRun& k : sinks_) {
-      Json o = Json::object();
-      o.set("stage", k.r.stage);
+      json o = {{"stage", k.r.stage}};
       if (k.r.reports) set_metrics(o, k.r);
-      sinks.set(k.r.name, o);
+      sinks[k.r.name] = o;
     }
-    s.set("sinks", sinks);
-    s.set("seconds", res_.seconds);
-    s.set("extraction_seconds", res_.extraction_seconds);
-    Json cache = Json::object();
-    cache.set("hits", res_.cache_hits);
-    cache.set("misses", res_.cache_misses);
-    s.set("cache", cache);
-    Json skipped = Json::array();
-    for (const SkippedSample& k : res_.skipped) {
-      Json o = Json::object();
-      o.set("sample", k.sample);
-      o.set("reason", k.reason);
-      o.set("node", k.node);
-      skipped.push(std::move(o));
-    }
-    s.set("skipped_count", static_cast<int64_t>(res_.skipped.size()));
-    s.set("skipped", skipped);
-    s.set("profile", res_.profile);
+    s["sinks"] = sinks;
+    s["seconds"] = res_.seconds;
+    s["extraction_seconds"] = res_.extraction_seconds;
+    s["cache"] = {{"hits", res_.cache_hits}, {"misses", res_.cache_misses}};
+    json skipped = json::array();
+    for (const SkippedSample& k : res_.skipped)
+      skipped.push_back({{"sample", k.sample}, {"reason", k.reason}, {"node", k.node}});
+    s["skipped_count"] = res_.skipped.size();
+    s["skipped"] = skipped;
+    s["profile"] = res_.profile;
     res_.summary = s;
     if (cfg_.write_outputs) {
-      write_file_atomic((fs::path(res_.out_dir) / "summary.json").string(), s.dump(2) + "\n");
-      write_file_atomic((fs::path(res_.out_dir) / "profile.json").string(), res_.profile.dump(2) + "\n");
+      write_file_atomic((fs::path(res_.out_dir) / "summary.json").string(), dump(s, 2) + "\n");
+      write_file_atomic((fs::path(res_.out_dir) / "profile.json").string(), dump(res_.profile, 2) + "\n");
     }
   }
 
@@ -660,12 +667,16 @@ ResumeInfo read_resume_info(const std::string& run_dir) {
   if (!fs::exists(st))
     throw std::runtime_error(fmt::format("{}: no checkpoint to resume from (a run checkpoints at the end of each "
                                          "completed epoch)", run_dir));
-  const YAML::Node n = YAML::LoadFile(st.string());
+  const json n = read_json(st.string());
   ResumeInfo info;
-  info.graph_file = n["graph_file"].as<std::string>();
-  for (const auto& o : n["overrides"]) info.overrides.push_back(o.as<std::string>());
-  info.resolved_hash = n["resolved_hash"].as<std::string>();
-  info.epochs_completed = n["epochs_completed"].as<int>();
+  try {
+    info.graph_file = n.at("graph_file").get<std::string>();
+    info.overrides = n.at("overrides").get<std::vector<std::string>>();
+    info.resolved_hash = n.at("resolved_hash").get<std::string>();
+    info.epochs_completed = n.at("epochs_completed").get<int>();
+  } catch (const json::exception& e) {
+    throw std::runtime_error(fmt::format("{}: {}", st.string(), e.what()));
+  }
   return info;
 }
 
@@ -699,7 +710,7 @@ std::string graph_dot(const GraphSpec& spec) {
     }
     if (s.kind == StageKind::cache) attrs = ", shape=cylinder, style=filled, fillcolor=lightyellow";
     if (s.kind == StageKind::sink) attrs = ", style=filled, fillcolor=lightblue";
-    if (s.kind == StageKind::join) attrs = ", shape=invtrapezium";
+    if (s.kind == StageKind::join) attrs += ", shape=invtrapezium";
     if (s.random) extra += "\\n(random, train only)";
     out += fmt::format("  \"{}\" [label=\"{}\\n{}{}\"{}];\n", n.name, n.name, n.stage, extra, attrs);
   }

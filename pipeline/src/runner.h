@@ -8,8 +8,9 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "executor.h"
-#include "json.h"
 #include "spec.h"
 
 namespace pipeline {
@@ -69,8 +70,8 @@ struct RunResult {
   int64_t cache_hits = 0, cache_misses = 0;
   std::vector<SkippedSample> skipped;
   bool interrupted = false;
-  Json summary;
-  Json profile;
+  nlohmann::ordered_json summary;  // as summary.json and profile.json hold them
+  nlohmann::ordered_json profile;
 };
 
 // Sets TBB's and LibTorch's thread counts together (n <= 0: all cores) and returns n.

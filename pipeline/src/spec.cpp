@@ -288,10 +288,6 @@ std::vector<EdgeRef> split_chain(const YAML::Node& scalar) {
 const std::vector<std::string> kTopKeys = {"data", "nodes", "edges", "train",
                                            "plugins", "on_error", "output"};
 
-std::string resolve_path(const std::string& dir, const std::string& p) {
-  if (p.empty() || fs::path(p).is_absolute()) return p;
-  return (fs::path(dir) / p).lexically_normal().string();
-}
 
 // One edge "from -> to", at the position of `to` in its chain.
 struct Edge {
@@ -496,43 +492,17 @@ std::vector<std::string> graph_plugins(const std::string& path) {
     const std::string dir = fs::path(path).parent_path().string();
     if (doc.IsMap() && doc["plugins"] && doc["plugins"].IsSequence())
       for (const auto& p : doc["plugins"])
-        if (p.IsScalar()) out.push_back(resolve_path(dir.empty() ? "." : dir, p.Scalar()));
+        if (p.IsScalar()) out.push_back(resolve_path(p.Scalar(), dir.empty() ? "." : dir));
   } catch (const YAML::Exception&) {
     // The full parse reports syntax errors with positions.
   }
   return out;
 }
 
-GraphSpec parse_graph(const std::string& text, const std::string& file,
-                      const std::vector<std::string>& overrides, const Registry& registry,
-                      Diagnostics& diag) {
-  GraphSpec g;
-  g.file = file;
-  g.name = fs::path(file).stem().string();
-  g.dir = fs::path(file).parent_path().string();
-  if (g.dir.empty()) g.dir = ".";
-  diag.set_overrides(overrides);
+namespace {
 
-  YAML::Node doc;
-  try {
-    doc = YAML::Load(text);
-  } catch (const YAML::ParserException& e) {
-    diag.error(e.mark.line + 1, e.mark.column + 1, fmt::format("YAML syntax: {}", e.msg));
-    return g;
-  }
-  if (!doc.IsDefined() || doc.IsNull()) {
-    if (overrides.empty()) {
-      diag.error(1, 1, "empty graph file: expected a map with 'data', 'nodes' and 'edges'");
-      return g;
-    }
-  } else if (!doc.IsMap()) {
-    diag.error(doc, fmt::format("a graph file must be a map with 'data', 'nodes' and 'edges', "
-                                "got {}", yaml_kind(doc)));
-    return g;
-  }
-  for (const std::string& o : overrides)
-    if (!apply_override(doc, o, diag)) return g;
-
+// Keys at the top level of a graph file that pipe does not know.
+void check_top_keys(const YAML::Node& doc, Diagnostics& diag) {
   for (const auto& kv : doc) {
     const std::string key = kv.first.Scalar();
     if (std::find(kTopKeys.begin(), kTopKeys.end(), key) == kTopKeys.end()) {
@@ -544,7 +514,10 @@ GraphSpec parse_graph(const std::string& text, const std::string& file,
     }
   }
 
-  // --- data
+}
+
+// `data:` -> the source and its params.
+void parse_data(const YAML::Node& doc, const Registry& registry, GraphSpec& g, Diagnostics& diag) {
   const YAML::Node data = doc["data"];
   if (!data) diag.error(doc, "missing 'data' (the source of samples)");
   else if (!data.IsMap()) diag.error(data, "data", fmt::format("'data' must be a map, got {}", yaml_kind(data)));
@@ -568,9 +541,12 @@ GraphSpec parse_graph(const std::string& text, const std::string& file,
     }
   }
 
-  // --- nodes
+}
+
+// `nodes:` -> one NodeSpec per entry, in file order; `node_keys` maps names to their keys.
+std::vector<NodeSpec> parse_nodes(const YAML::Node& doc, const Registry& registry,
+                                  std::map<std::string, YAML::Node>& node_keys, Diagnostics& diag) {
   const YAML::Node nodes = doc["nodes"];
-  std::map<std::string, YAML::Node> node_keys;
   std::vector<NodeSpec> declared;
   if (!nodes) diag.error(doc, "missing 'nodes'");
   else if (!nodes.IsMap()) diag.error(nodes, "nodes", fmt::format("'nodes' must be a map of name: {{stage: ...}}, got {}", yaml_kind(nodes)));
@@ -621,15 +597,11 @@ GraphSpec parse_graph(const std::string& text, const std::string& file,
     }
   }
 
-  // --- edges and topology
-  std::map<std::string, EdgeRef> first_ref;
-  std::vector<Edge> edges;
-  if (read_edges(doc, nodes, node_keys, declared.size(), diag, &edges, &first_ref) && !declared.empty()) {
-    g.nodes = order_dag(declared, edges, first_ref, diag);
-    if (diag.ok()) check_topology(g, edges, first_ref, diag);
-  }
+  return declared;
+}
 
-  // --- train
+// `train:` -> epochs, batch, seed, in_flight (checked like stage params).
+void parse_train(const YAML::Node& doc, const std::vector<std::string>& overrides, GraphSpec& g, Diagnostics& diag) {
   const YAML::Node train = doc["train"];
   if (train) {
     if (!train.IsMap()) diag.error(train, "train", fmt::format("'train' must be a map, got {}", yaml_kind(train)));
@@ -660,7 +632,10 @@ GraphSpec parse_graph(const std::string& text, const std::string& file,
     }
   }
 
-  // --- on_error, plugins, output
+}
+
+// `on_error:`, `plugins:`, `output:`.
+void parse_run_options(const YAML::Node& doc, GraphSpec& g, Diagnostics& diag) {
   if (const YAML::Node oe = doc["on_error"]) {
     if (oe.IsScalar() && oe.Scalar() == "fail") g.on_error = OnError::fail;
     else if (oe.IsScalar() && oe.Scalar() == "skip") g.on_error = OnError::skip;
@@ -672,7 +647,7 @@ GraphSpec parse_graph(const std::string& text, const std::string& file,
     else
       for (const auto& p : pl) {
         if (!p.IsScalar()) { diag.error(p, "plugins", "a plugin must be a path string"); continue; }
-        const std::string path = resolve_path(g.dir, p.Scalar());
+        const std::string path = resolve_path(p.Scalar(), g.dir);
         // The error_code overload: a name the OS refuses (ENAMETOOLONG, EACCES above it) is a
         // diagnostic, not a filesystem_error escaping parse_graph (found by fuzz_graph).
         std::error_code ec;
@@ -695,46 +670,95 @@ GraphSpec parse_graph(const std::string& text, const std::string& file,
       }
   }
 
-  // The resolved document: overrides applied and every default spelled out.
-  if (diag.ok()) {
-    YAML::Node r(YAML::NodeType::Map);
-    YAML::Node d(YAML::NodeType::Map);
-    d["source"] = g.source;
-    const auto put_params = [](YAML::Node& m, const Params& p) {
-      for (const auto& [k, v] : p.values()) {
-        if (auto* str = std::get_if<std::string>(&v)) m[k] = *str;  // "" stays a string
-        else m[k] = YAML::Load(param_value_string(v));
-      }
-    };
-    put_params(d, g.source_params);
-    r["data"] = d;
-    YAML::Node ns(YAML::NodeType::Map);
-    std::vector<std::string> names;
-    for (const NodeSpec& n : g.nodes) {
-      YAML::Node nm(YAML::NodeType::Map);
-      nm["stage"] = n.stage;
-      put_params(nm, n.params);
-      ns[n.name] = nm;
-      names.push_back(n.name);
+}
+
+// The resolved document: overrides applied and every default spelled out.
+YAML::Node resolved_document(const GraphSpec& g) {
+  YAML::Node r(YAML::NodeType::Map);
+  YAML::Node d(YAML::NodeType::Map);
+  d["source"] = g.source;
+  const auto put_params = [](YAML::Node& m, const Params& p) {
+    for (const auto& [k, v] : p.values()) {
+      if (auto* str = std::get_if<std::string>(&v)) m[k] = *str;  // "" stays a string
+      else m[k] = YAML::Load(param_value_string(v));
     }
-    r["nodes"] = ns;
-    YAML::Node es(YAML::NodeType::Sequence);
-    if (g.is_chain()) es.push_back(fmt::format("{}", fmt::join(names, " -> ")));
-    else
-      for (const NodeSpec& n : g.nodes)
-        for (int in : n.inputs) es.push_back(fmt::format("{} -> {}", g.nodes[static_cast<size_t>(in)].name, n.name));
-    r["edges"] = es;
-    YAML::Node t(YAML::NodeType::Map);
-    t["epochs"] = g.train.epochs;
-    t["batch"] = g.train.batch;
-    t["seed"] = g.train.seed;
-    t["in_flight"] = g.train.in_flight;
-    r["train"] = t;
-    r["on_error"] = g.on_error == OnError::skip ? "skip" : "fail";
-    if (!g.plugins.empty()) r["plugins"] = g.plugins;
-    if (!g.output_dir.empty()) r["output"]["dir"] = g.output_dir;
-    g.resolved = r;
+  };
+  put_params(d, g.source_params);
+  r["data"] = d;
+  YAML::Node ns(YAML::NodeType::Map);
+  std::vector<std::string> names;
+  for (const NodeSpec& n : g.nodes) {
+    YAML::Node nm(YAML::NodeType::Map);
+    nm["stage"] = n.stage;
+    put_params(nm, n.params);
+    ns[n.name] = nm;
+    names.push_back(n.name);
   }
+  r["nodes"] = ns;
+  YAML::Node es(YAML::NodeType::Sequence);
+  if (g.is_chain()) es.push_back(fmt::format("{}", fmt::join(names, " -> ")));
+  else
+    for (const NodeSpec& n : g.nodes)
+      for (int in : n.inputs) es.push_back(fmt::format("{} -> {}", g.nodes[static_cast<size_t>(in)].name, n.name));
+  r["edges"] = es;
+  YAML::Node t(YAML::NodeType::Map);
+  t["epochs"] = g.train.epochs;
+  t["batch"] = g.train.batch;
+  t["seed"] = g.train.seed;
+  t["in_flight"] = g.train.in_flight;
+  r["train"] = t;
+  r["on_error"] = g.on_error == OnError::skip ? "skip" : "fail";
+  if (!g.plugins.empty()) r["plugins"] = g.plugins;
+  if (!g.output_dir.empty()) r["output"]["dir"] = g.output_dir;
+  return r;
+}
+
+}  // namespace
+
+GraphSpec parse_graph(const std::string& text, const std::string& file,
+                      const std::vector<std::string>& overrides, const Registry& registry,
+                      Diagnostics& diag) {
+  GraphSpec g;
+  g.file = file;
+  g.name = fs::path(file).stem().string();
+  g.dir = fs::path(file).parent_path().string();
+  if (g.dir.empty()) g.dir = ".";
+  diag.set_overrides(overrides);
+
+  YAML::Node doc;
+  try {
+    doc = YAML::Load(text);
+  } catch (const YAML::ParserException& e) {
+    diag.error(e.mark.line + 1, e.mark.column + 1, fmt::format("YAML syntax: {}", e.msg));
+    return g;
+  }
+  if (!doc.IsDefined() || doc.IsNull()) {
+    if (overrides.empty()) {
+      diag.error(1, 1, "empty graph file: expected a map with 'data', 'nodes' and 'edges'");
+      return g;
+    }
+  } else if (!doc.IsMap()) {
+    diag.error(doc, fmt::format("a graph file must be a map with 'data', 'nodes' and 'edges', "
+                                "got {}", yaml_kind(doc)));
+    return g;
+  }
+  for (const std::string& o : overrides)
+    if (!apply_override(doc, o, diag)) return g;
+
+  check_top_keys(doc, diag);
+  parse_data(doc, registry, g, diag);
+  std::map<std::string, YAML::Node> node_keys;
+  const YAML::Node nodes = doc["nodes"];
+  const std::vector<NodeSpec> declared = parse_nodes(doc, registry, node_keys, diag);
+  std::map<std::string, EdgeRef> first_ref;
+  std::vector<Edge> edges;
+  if (read_edges(doc, nodes, node_keys, declared.size(), diag, &edges, &first_ref) && !declared.empty()) {
+    g.nodes = order_dag(declared, edges, first_ref, diag);
+    if (diag.ok()) check_topology(g, edges, first_ref, diag);
+  }
+  parse_train(doc, overrides, g, diag);
+  parse_run_options(doc, g, diag);
+  if (diag.ok()) g.resolved = resolved_document(g);
   return g;
 }
 

@@ -1,5 +1,5 @@
 // LibTorch runtime controls for code that must not include torch (the runner, the CLI).
-// Implemented in torch_util.cpp.
+// Implemented in torch_runtime.cpp.
 #pragma once
 
 #include <cstdint>

@@ -96,6 +96,10 @@ class JoinStage : public Stage {
   virtual void process(std::vector<Sample>& inputs, Sample& out) = 0;
 };
 
+// The framework's own `cache` node (pipeline/src/cache_node.cpp): the planner and the runner
+// do its work, so it has no methods. Not a base for plugin stages.
+class CacheStage : public Stage {};
+
 struct SplitMetrics {
   double loss = 0;
   double accuracy = 0;
@@ -147,10 +151,18 @@ class SinkStage : public Stage {
   virtual bool reports_metrics() const { return true; }
 };
 
+// The one rule for paths in graphs (data, weights, outputs, cache dirs, plugins): "~" and
+// "~/..." are the user's home ($HOME, else the password database), an absolute path stays, a
+// relative one is taken from `base_dir` (the graph file's directory); the result is
+// lexically normalised. "" stays "".
+std::string resolve_path(const std::string& path, const std::string& base_dir);
+
 struct StageContext {
   std::string node;       // the node's name in the graph
   std::string graph_dir;  // directory of the graph file: relative paths resolve against it
   uint64_t seed = 0;
+  // A path parameter as the graph means it (resolve_path against the graph's directory).
+  std::string resolve(const std::string& path) const { return resolve_path(path, graph_dir); }
 };
 
 using StageFactory =
@@ -158,6 +170,7 @@ using StageFactory =
 
 struct SourceContext {
   std::string graph_dir;
+  std::string resolve(const std::string& path) const { return resolve_path(path, graph_dir); }
 };
 using SourceFactory =
     std::function<std::unique_ptr<Source>(const Params&, const SourceContext&)>;
