@@ -15,20 +15,15 @@
 #include "plan.h"
 #include "runner.h"
 #include "spec.h"
-#include "support.h"
+#include "run_support.h"
 
 using namespace pipeline;
 namespace fs = std::filesystem;
 
 namespace {
 
-GraphSpec graph(const std::string& yaml, std::vector<std::string> sets = {}) {
-  test::register_test_stages();
-  Diagnostics diag("<test>");
-  GraphSpec g = parse_graph(yaml, "test.yaml", sets, Registry::global(), diag);
-  if (!diag.ok()) FAIL(diag.str());
-  return g;
-}
+using test::graph;
+const auto metrics = test::sink_results;
 
 // A fresh cache directory for implicit memos and `dir: CACHE` nodes.
 std::string fresh_cache(const std::string& name) {
@@ -46,19 +41,6 @@ RunResult run(const std::string& yaml, std::vector<std::string> sets = {}, int t
   cfg.write_outputs = false;
   cfg.quiet = true;
   return run_graph(g, cfg);
-}
-
-// Every sink's metrics, as text: equal strings mean equal results.
-std::string metrics(const RunResult& r) {
-  std::string out;
-  for (const SinkResult& s : r.sinks) {
-    out += s.name + ":";
-    for (const EpochMetrics& e : s.epochs)
-      out += fmt::format(" {} {} {} {};", e.train.loss, e.train.accuracy, e.validation.loss, e.validation.accuracy);
-    out += fmt::format(" test {} {} best {}@{}\n", s.test.loss, s.test.accuracy, s.best_val_acc, s.best_epoch);
-  }
-  for (const SkippedSample& k : r.skipped) out += fmt::format("skipped {} {} {}\n", k.sample, k.node, k.reason);
-  return out;
 }
 
 std::vector<std::string> op_names(const PassPlan& p) {

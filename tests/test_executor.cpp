@@ -10,7 +10,7 @@
 #include "executor.h"
 #include "runner.h"
 #include "spec.h"
-#include "support.h"
+#include "run_support.h"
 
 #include <oneapi/tbb/global_control.h>
 
@@ -18,13 +18,7 @@ using namespace pipeline;
 
 namespace {
 
-GraphSpec graph(const std::string& yaml, std::vector<std::string> sets = {}) {
-  test::register_test_stages();
-  Diagnostics diag("<test>");
-  GraphSpec g = parse_graph(yaml, "test.yaml", sets, Registry::global(), diag);
-  if (!diag.ok()) FAIL(diag.str());
-  return g;
-}
+using test::graph;
 
 const char* kRandomGraph = R"(
 data: {source: t_count, n: 200}

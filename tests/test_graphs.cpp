@@ -12,13 +12,14 @@
 #include <fmt/format.h>
 #include <opencv2/imgcodecs.hpp>
 
-#include "runner.h"
-#include "spec.h"
+#include "run_support.h"
 
 using namespace pipeline;
 namespace fs = std::filesystem;
 
 namespace {
+
+const auto results = test::sink_results;
 
 const std::vector<std::string> kSmall = {"data.per_class=[40, 20, 20]", "train.epochs=2"};
 
@@ -66,19 +67,6 @@ RunResult run(const GraphSpec& g, int threads = 2, const std::string& out = "") 
   cfg.write_outputs = !out.empty();
   cfg.out_dir = out;
   return run_graph(g, cfg);
-}
-
-// Every sink's results and the skipped samples, as text: equal strings, equal results.
-std::string results(const RunResult& r) {
-  std::string out;
-  for (const SinkResult& s : r.sinks) {
-    out += s.name + ":";
-    for (const EpochMetrics& e : s.epochs)
-      out += fmt::format(" {} {} {} {};", e.train.loss, e.train.accuracy, e.validation.loss, e.validation.accuracy);
-    out += fmt::format(" test {} {} best {}@{}\n", s.test.loss, s.test.accuracy, s.best_val_acc, s.best_epoch);
-  }
-  for (const SkippedSample& k : r.skipped) out += fmt::format("skipped {} {} {}\n", k.sample, k.node, k.reason);
-  return out;
 }
 
 // The text of one section of `pipe plan`'s output ("train, epochs 2+" ...).

@@ -153,14 +153,7 @@ void apply_map(const PassSpec& pass, const PassNode& op, Sample& s) {
 }
 
 Sample apply_join(const PassNode& op, std::vector<Sample>& ins) {
-  Sample out;
-  const Sample& first = ins.front();
-  out.id = first.id;
-  out.label = first.label;
-  out.split = first.split;
-  out.epoch = first.epoch;
-  out.view = first.view;
-  out.origin = first.origin;
+  Sample out = ins.front().metadata();
   static_cast<JoinStage*>(op.impl)->process(ins, out);
   return out;
 }

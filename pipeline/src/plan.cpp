@@ -105,19 +105,12 @@ std::string cache_key(const GraphSpec& g, const Active& a, int producer, Split s
   return h.hex();
 }
 
-bool has_batch_upstream(const GraphSpec& g, const Active& a, int i) {
+// Whether node i, or a node upstream of it on this split, is of kind k.
+bool kind_upstream(const GraphSpec& g, const Active& a, int i, StageKind k) {
   if (i < 0) return false;
-  if (is(g.nodes[static_cast<size_t>(i)], StageKind::batch_map)) return true;
+  if (is(g.nodes[static_cast<size_t>(i)], k)) return true;
   for (int in : a.in[static_cast<size_t>(i)])
-    if (has_batch_upstream(g, a, in)) return true;
-  return false;
-}
-
-bool has_cache_upstream(const GraphSpec& g, const Active& a, int i) {
-  if (i < 0) return false;
-  if (is(g.nodes[static_cast<size_t>(i)], StageKind::cache)) return true;
-  for (int in : a.in[static_cast<size_t>(i)])
-    if (has_cache_upstream(g, a, in)) return true;
+    if (kind_upstream(g, a, in, k)) return true;
   return false;
 }
 
@@ -152,7 +145,7 @@ std::vector<CachePoint> cache_points(const GraphSpec& g, const Active& a, Split 
   for (int s : active_sinks(g, a)) {
     if (a.in[static_cast<size_t>(s)].empty()) continue;
     const int p = a.in[static_cast<size_t>(s)][0];
-    if (p >= 0 && has_batch_upstream(g, a, p) && !has_cache_upstream(g, a, p) &&
+    if (p >= 0 && kind_upstream(g, a, p, StageKind::batch_map) && !kind_upstream(g, a, p, StageKind::cache) &&
         std::find(producers.begin(), producers.end(), p) == producers.end())
       producers.push_back(p);
   }

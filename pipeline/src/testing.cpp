@@ -94,14 +94,7 @@ std::vector<Sample> Harness::process_batch(std::vector<Sample> samples) {
 Sample Harness::join(std::vector<Sample> inputs) {
   JoinStage& j = as<JoinStage>("join");
   if (inputs.empty()) throw std::logic_error("Harness::join: no inputs");
-  Sample out;
-  const Sample& first = inputs.front();
-  out.id = first.id;
-  out.label = first.label;
-  out.split = first.split;
-  out.epoch = first.epoch;
-  out.view = first.view;
-  out.origin = first.origin;
+  Sample out = inputs.front().metadata();
   j.process(inputs, out);
   return out;
 }

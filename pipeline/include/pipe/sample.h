@@ -35,6 +35,18 @@ struct Sample {
 
   // "train#12 (path)" for diagnostics.
   std::string describe() const;
+  // The same sample's metadata (id, label, split, epoch, view, origin) with no payload: where
+  // a join writes its output.
+  Sample metadata() const {
+    Sample m;
+    m.id = id;
+    m.label = label;
+    m.split = split;
+    m.epoch = epoch;
+    m.view = view;
+    m.origin = origin;
+    return m;
+  }
 };
 
 // An ordered group of samples; built by the framework, never by stages.
