@@ -199,3 +199,18 @@ TEST_CASE("a warm cache never changes a result: the DAG graphs under --set chang
   check_transparent("heads", {{{}, ""}, {{"train.seed=3"}, ""}, {{"nodes.decode.size=[28, 28]"}, ""}});
   check_transparent("multiscale", {{{}, ""}, {{"nodes.small.size=[24, 24]"}, ""}, {{"train.seed=2"}, ""}});
 }
+
+TEST_CASE("every shipped DAG graph gives identical results at 1 and 2 threads") {
+  const std::vector<std::pair<std::string, std::vector<std::string>>> graphs = {
+      {"heads", {}}, {"preview", {"nodes.preview.count=4"}}, {"views", {"nodes.memo.views=2"}}};
+  for (const auto& [graph, sets] : graphs) {
+    INFO(graph);
+    std::string result[2];
+    for (int threads : {1, 2}) {
+      fresh_dir(fmt::format("threads-{}-{}", graph, threads));
+      result[threads - 1] = results(run(spec_of(graph, sets), threads));
+    }
+    CHECK(result[0] == result[1]);
+    CHECK_FALSE(result[0].empty());
+  }
+}
