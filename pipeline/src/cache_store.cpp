@@ -19,7 +19,6 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <pwd.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -32,6 +31,7 @@
 #include <nlohmann/json.hpp>
 
 #include "files.h"
+#include "home_dir.h"
 
 #ifndef PIPE_VERSION_STRING
 #define PIPE_VERSION_STRING "0.1.0"
@@ -118,12 +118,7 @@ std::string resolve_cache_dir(const std::string& stage_dir) {
     const char* v = std::getenv(name);
     return v ? std::string(v) : std::string();
   };
-  const auto home = [&]() -> std::string {
-    std::string h = env("HOME");
-    if (!h.empty()) return h;
-    if (const passwd* pw = ::getpwuid(::getuid()); pw && pw->pw_dir) return pw->pw_dir;
-    return ".";
-  };
+  const auto home = home_dir;
   if (!stage_dir.empty()) {
     if (stage_dir == "~") return home();
     if (stage_dir.rfind("~/", 0) == 0) return home() + stage_dir.substr(1);

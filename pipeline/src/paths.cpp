@@ -1,21 +1,10 @@
 // resolve_path (pipe/stage.h): the one rule for paths written in graph files.
-#include <pwd.h>
-#include <unistd.h>
-
-#include <cstdlib>
 #include <filesystem>
 
+#include "home_dir.h"
 #include "pipe/stage.h"
 
 namespace pipeline {
-
-namespace {
-std::string home_dir() {
-  if (const char* h = std::getenv("HOME"); h && *h) return h;
-  if (const passwd* pw = ::getpwuid(::getuid()); pw && pw->pw_dir) return pw->pw_dir;
-  return ".";
-}
-}  // namespace
 
 std::string resolve_path(const std::string& path, const std::string& base_dir) {
   namespace fs = std::filesystem;
