@@ -54,8 +54,10 @@ class Preview : public SinkStage {
     }
   }
   SplitMetrics end_epoch() override {
-    if (active_ && !tiles_.empty() && !out_dir_.empty())
-      write_sheet(fmt::format("{}/{}-epoch{}.png", out_dir_, node_, epoch_));
+    if (active_ && !tiles_.empty() && !out_dir_.empty()) {
+      const std::string suffix = fmt::format("-epoch{}.png", epoch_);
+      write_sheet(out_dir_ + "/" + safe_file_name(node_, kMaxFileName - suffix.size()) + suffix);
+    }
     return {0, 0, seen_};
   }
   bool reports_metrics() const override { return false; }

@@ -33,9 +33,6 @@
 #include "files.h"
 #include "home_dir.h"
 
-#ifndef PIPE_VERSION_STRING
-#define PIPE_VERSION_STRING "0.1.0"
-#endif
 
 namespace pipeline {
 
@@ -151,20 +148,6 @@ void check_names(const std::string& fingerprint, const std::string& split) {
   throw std::runtime_error(fmt::format("{} {}: {}", what, path, std::strerror(errno)));
 }
 
-void make_dirs(const std::string& path) {
-  std::string cur;
-  std::size_t pos = 0;
-  while (pos != std::string::npos) {
-    pos = path.find('/', pos + 1);
-    cur = path.substr(0, pos);
-    if (cur.empty()) continue;
-    if (::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST) sys_fail("cannot create", cur);
-  }
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-    throw std::runtime_error(fmt::format("cache directory {} is not a directory", path));
-}
-
 void fsync_dir(const std::string& dir) {
   const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return;
@@ -181,20 +164,20 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-std::string utc_now() {
-  const std::time_t t = std::time(nullptr);
-  std::tm tm {};
-  ::gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 // flock(2) on <dir>/<split>.lock. Returns the fd holding the lock, or -1 when `wait` is
 // false and another open file description holds it.
-int acquire_lock(const std::string& path, bool wait) {
-  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+// A lock file this process owns gets `mode` (one another user made, in a shared cache, is
+// theirs to set).
+int acquire_lock(const std::string& path, bool wait, mode_t mode) {
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, mode);
   if (fd < 0) sys_fail("cannot open lock file", path);
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && st.st_uid == ::geteuid() && (st.st_mode & 07777) != mode && ::fchmod(fd, mode) != 0) {
+    const int e = errno;
+    ::close(fd);
+    errno = e;
+    sys_fail("cannot set the mode of", path);
+  }
   for (;;) {
     if (::flock(fd, LOCK_EX | (wait ? 0 : LOCK_NB)) == 0) return fd;
     if (errno == EINTR) continue;
@@ -281,6 +264,34 @@ std::optional<RowSizes> row_sizes(int64_t count, int64_t views, const std::vecto
 FeatureCache::FeatureCache(std::string root) : root_(std::move(root)) {
   while (root_.size() > 1 && root_.back() == '/') root_.pop_back();
   if (root_.empty()) throw std::invalid_argument("feature cache root is empty");
+  const char* shared = std::getenv("PIPE_CACHE_SHARED");
+  shared_ = shared && *shared && std::string(shared) != "0";
+}
+
+// Whoever can write the root can replace an entry (a manifest and its checksum are easy to
+// forge): features computed from someone else's images would then train this user's model.
+void FeatureCache::check_root() const {
+  struct stat st {};
+  if (::stat(root_.c_str(), &st) != 0) {
+    if (errno == ENOENT) return;
+    sys_fail("cannot inspect cache directory", root_);
+  }
+  const unsigned mode = st.st_mode & 07777;
+  if (st.st_mode & S_IWOTH)
+    throw std::runtime_error(fmt::format(
+        "cache directory {} is writable by every user (mode {:04o}): anyone could replace cached features; "
+        "run 'chmod o-w {}' or set PIPE_CACHE_DIR to a private directory (docs/security.md)", root_, mode, root_));
+  if (shared_) return;
+  if (st.st_uid != ::geteuid())
+    throw std::runtime_error(fmt::format(
+        "cache directory {} belongs to another user (uid {}), who could replace cached features; set "
+        "PIPE_CACHE_DIR to a directory of your own, or PIPE_CACHE_SHARED=1 to trust a shared cache "
+        "(docs/security.md)", root_, st.st_uid));
+  if (st.st_mode & S_IWGRP)
+    throw std::runtime_error(fmt::format(
+        "cache directory {} is writable by its group (mode {:04o}), who could replace cached features; run "
+        "'chmod g-w {}', or set PIPE_CACHE_SHARED=1 to share the cache with the group on purpose "
+        "(docs/security.md)", root_, mode, root_));
 }
 
 std::string FeatureCache::entry_dir(const std::string& fingerprint) const {
@@ -299,6 +310,7 @@ std::string FeatureCache::manifest_path(const std::string& fingerprint,
 
 struct FeatureCache::Writer::Impl {
   std::string dir, fingerprint, split, description, npy, manifest, tmp;
+  Modes modes = kOwnerOnly;
   int64_t count = 0;
   int views = 0;
   int lock_fd = -1;
@@ -333,12 +345,13 @@ struct FeatureCache::Writer::Impl {
     const std::string header = npy_header(full);
     header_size = header.size();
     tmp = fmt::format("{}.tmp.{}.{}", npy, ::getpid(), g_temp_seq.fetch_add(1));
-    fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, modes.file);
     if (fd < 0) {
       const std::string t = tmp;
       tmp.clear();
       sys_fail("cannot create", t);
     }
+    if (::fchmod(fd, modes.file) != 0) sys_fail("cannot set the mode of", tmp);
     const off_t total = static_cast<off_t>(header_size) +
                         static_cast<off_t>(count) * views * row_floats *
                             static_cast<off_t>(sizeof(float));
@@ -423,7 +436,8 @@ struct FeatureCache::Writer::Impl {
     tmp.clear();
     try {
       // Bytes that are not UTF-8 (a reason quoting a file name) are written as U+FFFD.
-      write_file_atomic(manifest, m.dump(1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n");
+      write_file_atomic(manifest, m.dump(1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n",
+                        modes.file);
     } catch (...) {
       // No manifest (a full disk): the data without it is no entry, only space that a full
       // disk needs back. Any older entry was already hidden above.
@@ -521,8 +535,11 @@ std::optional<FeatureCache::Writer> FeatureCache::start(const std::string& finge
   if (views < 1) throw std::invalid_argument("cache writer: views must be at least 1");
   auto w = std::make_unique<Writer::Impl>();
   w->dir = entry_dir(fingerprint);
-  make_dirs(w->dir);
-  w->lock_fd = acquire_lock(w->dir + "/" + split + ".lock", wait);
+  w->modes = shared_ ? kOwnerAndGroup : kOwnerOnly;
+  make_dirs(root_, w->modes.dir);
+  check_root();
+  make_dirs(w->dir, w->modes.dir);
+  w->lock_fd = acquire_lock(w->dir + "/" + split + ".lock", wait, w->modes.file);
   if (w->lock_fd < 0) return std::nullopt;
   // Every writer of this entry holds the lock we now hold, so any temp file of it that exists
   // was left by a writer that died (SIGKILL, power loss): remove it.
@@ -792,7 +809,7 @@ DataLayout data_layout(const ManifestClaims& c, const std::string& path) {
 
 // Warns that an entry is unusable and removes it, so that the caller recomputes it.
 void discard_entry(const Corrupt& c, const std::string& manifest, const std::string& npy,
-                   const std::string& lock_path) {
+                   const std::string& lock_path, mode_t lock_mode) {
   std::fprintf(stderr, "pipe: warning: cache file %s %s (%s); removing the entry, "
                "it will be recomputed\n", c.file.c_str(),
                c.other_format ? "is in another cache format" : "is corrupt", printable(c.what()).c_str());
@@ -801,7 +818,7 @@ void discard_entry(const Corrupt& c, const std::string& manifest, const std::str
   // A lock file that cannot be opened (a read-only cache) leaves the files alone too.
   int lock = -1;
   try {
-    lock = acquire_lock(lock_path, false);
+    lock = acquire_lock(lock_path, false, lock_mode);
   } catch (const std::exception&) {
   }
   if (lock >= 0) {
@@ -859,6 +876,7 @@ void FeatureCache::Entry::Mapping::verify(const std::string& header, const std::
 std::shared_ptr<const FeatureCache::Entry> FeatureCache::open(const std::string& fingerprint,
                                                               const std::string& split) const {
   check_names(fingerprint, split);
+  check_root();
   const std::string manifest = manifest_path(fingerprint, split);
   const std::string npy = npy_path(fingerprint, split);
   struct stat st {};
@@ -889,7 +907,8 @@ std::shared_ptr<const FeatureCache::Entry> FeatureCache::open(const std::string&
     e->mapping_ = std::move(mapping);
     return e;
   } catch (const Corrupt& c) {
-    discard_entry(c, manifest, npy, entry_dir(fingerprint) + "/" + split + ".lock");
+    discard_entry(c, manifest, npy, entry_dir(fingerprint) + "/" + split + ".lock",
+                  (shared_ ? kOwnerAndGroup : kOwnerOnly).file);
     return nullptr;
   }
 }

@@ -114,8 +114,17 @@ class FeatureCache {
   class Entry;
   class Writer;
 
+  // Reads PIPE_CACHE_SHARED (docs/security.md). A private cache (the default) creates its
+  // directories 0700 and files 0600, and refuses a root that its group or other users can
+  // write, or that another user owns: they could replace entries. PIPE_CACHE_SHARED=1 trusts
+  // the root's group instead: directories 0770, files 0660, any owner; a root every user
+  // can write is refused even then.
   explicit FeatureCache(std::string root);
   const std::string& root() const { return root_; }
+  bool shared() const { return shared_; }
+  // The refusal above (std::runtime_error naming the root); nothing when the root does not
+  // exist yet. begin() and open() call it before they touch an entry.
+  void check_root() const;
 
   // Starts writing entry (fingerprint, split) for `count` samples x `views` views. Creates
   // the directories; blocks while another process holds the entry's lock. Fingerprint and
@@ -155,6 +164,7 @@ class FeatureCache {
                               int64_t count, int views, const std::string& description,
                               bool wait);
   std::string root_;
+  bool shared_ = false;
 };
 
 // A complete, verified entry, memory-mapped read-only. Thread-safe. Tensors

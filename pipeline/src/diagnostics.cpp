@@ -8,14 +8,35 @@
 namespace pipeline {
 
 std::string Diagnostic::str() const {
-  if (line > 0) return fmt::format("{}:{}:{}: error: {}", file, line, col, message);
-  return fmt::format("{}: error: {}", file, message);
+  const char* kind = warning ? "warning" : "error";
+  if (line > 0) return fmt::format("{}:{}:{}: {}: {}", file, line, col, kind, message);
+  return fmt::format("{}: {}: {}", file, kind, message);
 }
 
-void Diagnostics::error(const YAML::Node& at, std::string message) {
-  // yaml-cpp marks are 0-based; a null/invalid node has line -1.
+namespace {
+// yaml-cpp marks are 0-based; a null/invalid node has line -1.
+std::pair<int, int> position(const YAML::Node& at) {
   const YAML::Mark m = at.IsDefined() ? at.Mark() : YAML::Mark::null_mark();
-  error(m.line >= 0 ? m.line + 1 : 0, m.column >= 0 ? m.column + 1 : 0, std::move(message));
+  return {m.line >= 0 ? m.line + 1 : 0, m.column >= 0 ? m.column + 1 : 0};
+}
+}  // namespace
+
+void Diagnostics::error(const YAML::Node& at, std::string message) {
+  const auto [line, col] = position(at);
+  error(line, col, std::move(message));
+}
+
+void Diagnostics::warning(const YAML::Node& at, std::string message) {
+  const auto [line, col] = position(at);
+  warning(line, col, std::move(message));
+}
+
+void Diagnostics::warning(int line, int col, std::string message) {
+  items_.push_back({file_, line, col, std::move(message), true});
+}
+
+size_t Diagnostics::errors() const {
+  return static_cast<size_t>(std::count_if(items_.begin(), items_.end(), [](const Diagnostic& d) { return !d.warning; }));
 }
 
 void Diagnostics::error(const YAML::Node& at, const std::string& path, std::string message) {

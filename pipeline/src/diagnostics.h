@@ -1,4 +1,5 @@
 // Compiler-style diagnostics: FILE:LINE:COL: error: message (1-based line and column).
+// Warnings are printed the same way and do not fail validation.
 #pragma once
 
 #include <string>
@@ -13,7 +14,8 @@ struct Diagnostic {
   int line = 0;  // 1-based; 0 when unknown
   int col = 0;
   std::string message;
-  std::string str() const;  // "file:line:col: error: message"
+  bool warning = false;
+  std::string str() const;  // "file:line:col: error: message" (or "warning:")
 };
 
 class Diagnostics {
@@ -27,9 +29,12 @@ class Diagnostics {
   void set_overrides(std::vector<std::string> assignments) { overrides_ = std::move(assignments); }
   void error(int line, int col, std::string message);
   void error_in(std::string file, int line, int col, std::string message);
-  bool ok() const { return items_.empty(); }
+  void warning(const YAML::Node& at, std::string message);
+  void warning(int line, int col, std::string message);
+  bool ok() const { return errors() == 0; }
+  size_t errors() const;
   const std::vector<Diagnostic>& items() const { return items_; }
-  std::string str() const;  // all, one per line
+  std::string str() const;  // all, one per line, warnings included
   const std::string& file() const { return file_; }
 
  private:

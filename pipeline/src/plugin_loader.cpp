@@ -1,6 +1,7 @@
 #include "plugin_loader.h"
 
 #include <dlfcn.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -72,13 +73,39 @@ void load_plugin(const std::string& path, Registry& registry) {
   loaded.insert(canonical);
 }
 
-std::vector<std::string> plugin_path_entries() {
+namespace {
+
+// PIPE_PLUGIN_PATH's non-empty entries, in order.
+std::vector<std::string> plugin_path_parts() {
   std::vector<std::string> out;
   const char* env = std::getenv("PIPE_PLUGIN_PATH");
   if (!env || !*env) return out;
   std::stringstream ss(env);
-  for (std::string part; std::getline(ss, part, ':');) {
-    if (part.empty()) continue;
+  for (std::string part; std::getline(ss, part, ':');)
+    if (!part.empty()) out.push_back(part);
+  return out;
+}
+
+// `path` with symbolic links, "." and ".." resolved; "" when it does not exist.
+fs::path real(const std::string& path) {
+  std::error_code ec;
+  fs::path p = fs::canonical(path, ec);
+  return ec ? fs::path() : p;
+}
+
+// A function of libpipe's own (internal linkage: its address is never an executable's PLT
+// entry), for dladdr to name the library file.
+void libpipe_anchor() {}
+
+bool inside(const fs::path& file, const fs::path& dir) {
+  return !dir.empty() && std::mismatch(dir.begin(), dir.end(), file.begin(), file.end()).first == dir.end();
+}
+
+}  // namespace
+
+std::vector<std::string> plugin_path_entries() {
+  std::vector<std::string> out;
+  for (const std::string& part : plugin_path_parts()) {
     std::error_code ec;
     if (fs::is_directory(part, ec)) {
       std::vector<std::string> found;
@@ -91,6 +118,64 @@ std::vector<std::string> plugin_path_entries() {
     }
   }
   return out;
+}
+
+bool plugins_allowed_by_env() {
+  const char* v = std::getenv("PIPE_ALLOW_PLUGINS");
+  return v && *v && std::string(v) != "0";
+}
+
+std::vector<std::string> trusted_plugin_dirs() {
+  std::vector<std::string> out;
+  for (const std::string& part : plugin_path_parts()) {
+    std::error_code ec;
+    if (fs::is_directory(part, ec)) out.push_back(part);
+  }
+  // Where this libpipe lives, so that a prefix moved elsewhere keeps its plugin directory.
+  Dl_info info{};
+  if (::dladdr(reinterpret_cast<void*>(&libpipe_anchor), &info) && info.dli_fname)
+    out.push_back((fs::path(info.dli_fname).parent_path() / "pipe" / "plugins").string());
+  return out;
+}
+
+bool plugin_trusted(const std::string& path, const PluginConsent& consent) {
+  const fs::path file = real(path);
+  if (file.empty()) return false;
+  std::vector<std::string> named = consent.command_line;
+  for (const std::string& p : plugin_path_entries()) named.push_back(p);  // the user's own, links too
+  for (const std::string& n : named)
+    if (real(n) == file) return true;
+  for (const std::string& dir : trusted_plugin_dirs())
+    if (inside(file, real(dir))) return true;
+  return false;
+}
+
+std::string plugin_consent_message(const GraphPlugin& p) {
+  return fmt::format("plugin '{}' ({}) not loaded: plugins named by a graph run code as you; if you trust this "
+                     "graph, pass --allow-plugins (or set PIPE_ALLOW_PLUGINS=1), or add the plugin's directory "
+                     "to PIPE_PLUGIN_PATH (docs/security.md)", p.written, p.path);
+}
+
+bool load_graph_plugins(const std::vector<GraphPlugin>& plugins, const PluginConsent& consent,
+                        Registry& registry, Diagnostics& diag) {
+  bool all = true;
+  for (const GraphPlugin& p : plugins) {
+    std::error_code ec;
+    if (!fs::exists(p.path, ec)) {  // the validator reports it, with the reason
+      all = false;
+    } else if (!consent.load) {
+      diag.warning(p.line, p.col, fmt::format("plugin '{}' not loaded (--no-plugins)", p.written));
+      all = false;
+    } else if (consent.allow_graph_plugins) {
+      load_plugin(p.path, registry);
+    } else if (const std::string file = real(p.path).string(); plugin_trusted(file, consent)) {
+      load_plugin(file, registry);  // the file that was checked, not a link that may change since
+    } else {
+      diag.error(p.line, p.col, plugin_consent_message(p));
+      all = false;
+    }
+  }
+  return all;
 }
 
 }  // namespace pipeline

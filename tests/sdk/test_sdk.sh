@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The plugin SDK end to end, as a user meets it: install pipe into a prefix, build
 # examples/custom_stage out of tree against it, and use the plugin from the installed pipe
-# (--plugin, PIPE_PLUGIN_PATH, the graph's plugins: list), deterministic at 1 and 2 threads;
+# (--plugin, PIPE_PLUGIN_PATH, the graph's plugins: list, which loads only with consent or from
+# a trusted directory: docs/security.md), deterministic at 1 and 2 threads;
 # a plugin stage that throws fails the run naming plugin, stage, node and sample; the example's
 # own Catch2 test (the stage harness, <pipe/testing.h>) builds and passes there too.
 #   test_sdk.sh BUILD_DIR SOURCE_DIR          (~10 s on 2 cores once pipe is built)
@@ -12,7 +13,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail() { echo "test_sdk: FAILED: $*" >&2; exit 1; }
 # Only what this script passes may load a plugin.
-unset PIPE_PLUGIN_PATH
+unset PIPE_PLUGIN_PATH PIPE_ALLOW_PLUGINS
 export PIPE_CACHE_DIR="$tmp/cache"
 
 # --- the installed package
@@ -24,6 +25,7 @@ for h in "$src"/pipeline/include/pipe/*.h; do
   [ -f "$p/include/pipe/$(basename "$h")" ] || fail "header $(basename "$h") not installed"
 done
 [ -L "$p/lib/libpipe.so" ] && [ -L "$p/lib/libpipe.so.0" ] || fail "libpipe.so soname links not installed"
+[ -d "$p/lib/pipe/plugins" ] || fail "no lib/pipe/plugins (the trusted plugin directory) installed"
 for f in pipeConfig.cmake pipeConfigVersion.cmake pipeTargets.cmake; do
   [ -f "$p/lib/cmake/pipe/$f" ] || fail "lib/cmake/pipe/$f not installed"
 done
@@ -69,7 +71,25 @@ ln -s "$tmp/build" "$tmp/g/build"
 g="$tmp/g/augmented_cutout.yaml"
 weights=(--set "nodes.features.weights=$src/models/small_vgg_fmnist.pt")
 small=("${weights[@]}" --set "data.per_class=[40, 10, 10]" --set train.epochs=2 --no-progress)
-"$pipe" validate "$g" "${weights[@]}" > "$tmp/validate.log" 2>&1 || { cat "$tmp/validate.log"; fail "validate"; }
+# The graph's plugin is code: without consent nothing of it loads, and the graph does not validate.
+set +e
+"$pipe" validate "$g" "${weights[@]}" > "$tmp/refused.log" 2>&1
+rc=$?
+set -e
+[ $rc -eq 2 ] || { cat "$tmp/refused.log"; fail "validate without consent: expected exit 2, got $rc"; }
+line=$(grep -n '^plugins:' "$g" | cut -d: -f1)
+grep -qF "$g:$line:11: error: plugin 'build/libpipe_cutout.so' ($tmp/g/build/libpipe_cutout.so) not loaded: plugins named by a graph run code as you; if you trust this graph, pass --allow-plugins (or set PIPE_ALLOW_PLUGINS=1), or add the plugin's directory to PIPE_PLUGIN_PATH (docs/security.md)" "$tmp/refused.log" \
+  || { cat "$tmp/refused.log"; fail "validate without consent: message"; }
+"$pipe" validate "$g" "${weights[@]}" --no-plugins > "$tmp/noplugins.log" 2>&1 || { cat "$tmp/noplugins.log"; fail "validate --no-plugins"; }
+grep -qF "warning: plugin 'build/libpipe_cutout.so' not loaded (--no-plugins)" "$tmp/noplugins.log" || { cat "$tmp/noplugins.log"; fail "--no-plugins warning"; }
+"$pipe" validate "$g" "${weights[@]}" --allow-plugins > "$tmp/validate.log" 2>&1 || { cat "$tmp/validate.log"; fail "validate --allow-plugins"; }
+PIPE_ALLOW_PLUGINS=1 "$pipe" validate "$g" "${weights[@]}" > "$tmp/validate.log" 2>&1 || { cat "$tmp/validate.log"; fail "PIPE_ALLOW_PLUGINS=1 validate"; }
+PIPE_PLUGIN_PATH="$tmp/build" "$pipe" validate "$g" "${weights[@]}" > "$tmp/validate.log" 2>&1 || { cat "$tmp/validate.log"; fail "validate, plugin in PIPE_PLUGIN_PATH"; }
+# The installed plugin directory is trusted: a graph naming a plugin there needs no flag.
+cp "$plugin" "$p/lib/pipe/plugins/"
+sed "s|^plugins: .*|plugins: [$p/lib/pipe/plugins/libpipe_cutout.so]|" "$g" > "$tmp/g/installed.yaml"
+"$pipe" validate "$tmp/g/installed.yaml" "${weights[@]}" > "$tmp/validate.log" 2>&1 || { cat "$tmp/validate.log"; fail "validate, plugin in lib/pipe/plugins"; }
+small+=(--allow-plugins)
 for t in 1 2; do
   "$pipe" run "$g" "${small[@]}" --threads $t --out "$tmp/run$t" > "$tmp/run$t.log" 2>&1 || { cat "$tmp/run$t.log"; fail "run at $t threads"; }
   grep -qE '"test_acc": [0-9.e+-]+' "$tmp/run$t/summary.json" || fail "no test_acc in summary.json"
