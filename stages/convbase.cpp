@@ -12,7 +12,9 @@
 // file) so that a cache keyed on it is invalidated by any change of the weights.
 // Params:
 //   model: builtin:vgg16 | builtin:small_vgg | PATH   architecture, or a TorchScript file
-//   weights: PATH     torch::save()d weights for a builtin ("" = random init, tests only)
+//   weights: PATH     weights for a builtin: a torch::save()d module (train_base writes them) or a
+//                     PyTorch state dict such as torchvision's vgg16-397923af.pth (checked
+//                     tensor by tensor); "" = random init, tests only
 //   init_seed: N      seed of the random init when weights is ""
 //   device: auto|cpu|cuda|cuda:N,  batch: N (0 = chosen for the device),  rescale, mean, std,
 //   bf16: bool
@@ -25,10 +27,12 @@
 
 #include <ATen/autocast_mode.h>
 #include <fmt/format.h>
+#include <caffe2/serialize/inline_container.h>
 #include <torch/script.h>
 
 #include "builtin.h"
 #include "cache_store.h"  // hash_file: XXH3-128 of the weights
+#include "script_export.h"
 #include "torch_schemas.h"
 #include "torch_util.h"
 
@@ -49,7 +53,7 @@ int choose_batch(int requested, const torch::Device& device) {
   return device.is_cuda() ? 256 : 64;
 }
 
-class ConvBase : public BatchStage {
+class ConvBase : public BatchStage, public Scriptable {
  public:
   ConvBase(const Params& p, const StageContext& ctx)
       : what_(fmt::format("convbase '{}'", ctx.node)),
@@ -72,12 +76,7 @@ class ConvBase : public BatchStage {
         fingerprint_ = fmt::format("{} random-init:{}", model, seed);
       } else {
         const std::string path = existing_file(weights, ctx.graph_dir, "weights");
-        try {
-          torch::load(builtin_, path);
-        } catch (const c10::Error& e) {
-          throw std::runtime_error(fmt::format("{}: cannot load weights '{}' into {}: {}", what_,
-                                               path, model, first_line(e.what_without_backtrace())));
-        }
+        load_weights(path, model);
         fingerprint_ = fmt::format("{} weights:{}", model, hash_file(path));
       }
       torchu::freeze(*builtin_);
@@ -101,6 +100,16 @@ class ConvBase : public BatchStage {
   }
 
   int batch_size() const override { return batch_; }
+
+  // For model.pt: the normalization and the network, in float32 on the CPU (bf16 is a
+  // CUDA speed option, not part of what the base computes).
+  torch::jit::Module script() const override {
+    ScriptWriter w("ConvBase");
+    script_norm(w, norm_);
+    if (builtin_) script_layers(w, builtin_, "layer");
+    else w.line(fmt::format("x = {}(x)", w.module("net", *script_)));
+    return w.finish();
+  }
   std::string fingerprint() const override { return fingerprint_; }
 
   void process(Batch& batch) override {
@@ -121,6 +130,30 @@ class ConvBase : public BatchStage {
   }
 
  private:
+  // torch::save(module) archives (train_base writes them), else a PyTorch state dict
+  // (torchvision's .pth files), checked tensor by tensor.
+  void load_weights(const std::string& path, const std::string& model) {
+    try {
+      torch::load(builtin_, path);
+      return;
+    } catch (const c10::Error& e) {
+      if (!is_pickled_dict(path))
+        throw std::runtime_error(fmt::format("{}: cannot load weights '{}' into {}: {}", what_, path, model,
+                                             first_line(e.what_without_backtrace())));
+    }
+    torchu::load_state_dict(*builtin_, path, what_);
+  }
+
+  // A torch.save() file of a plain object (data.pkl, no TorchScript code) rather than a module.
+  static bool is_pickled_dict(const std::string& path) {
+    try {
+      caffe2::serialize::PyTorchStreamReader reader(path);
+      return reader.hasRecord("data.pkl") && !reader.hasRecord("constants.pkl");
+    } catch (const std::exception&) {
+      return false;
+    }
+  }
+
   std::string existing_file(const std::string& given, const std::string& dir,
                             const char* param) const {
     const std::string path = resolve_path(given, dir);

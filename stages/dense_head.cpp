@@ -74,7 +74,7 @@ class DenseHead : public SupervisedSink {
   }
 
   void save(const std::string& dir) override {
-    if (built() && !dir.empty()) torchu::save_file(head_, dir + "/" + node() + ".pt");
+    if (built() && !dir.empty()) torchu::save_file(head_, dir + "/" + safe_file_name(node(), kMaxFileName - 3) + ".pt");
   }
 
  private:
@@ -98,6 +98,17 @@ class DenseHead : public SupervisedSink {
     return classes() == 2 ? (logits.squeeze(1) > 0).to(torch::kLong) : logits.argmax(1);
   }
   torch::nn::Module& net() override { return *head_; }
+  double configured_lr() const override { return lr_; }
+  torch::jit::Module script_net() override {
+    ScriptWriter w("DenseHead");
+    const auto linear = [&](const nn::Linear& fc, const std::string& name) {
+      return fmt::format("torch.linear(x, {}, {})", w.tensor(name + "_weight", fc->weight), w.tensor(name + "_bias", fc->bias));
+    };
+    w.line("x = torch.flatten(x, 1)");
+    w.line(fmt::format("x = torch.relu({})", linear(head_->fc1, "fc1")));  // dropout: identity at evaluation
+    w.line(fmt::format("x = {}", linear(head_->fc2, "fc2")));
+    return w.finish();
+  }
   torch::optim::Optimizer& optimizer() override { return *optimizer_impl_; }
   // The head is tiny, and OpenBLAS/ATen split its products differently at different thread
   // counts (last-ulp differences in losses were measured here).

@@ -87,7 +87,7 @@ struct Part {  // one IDX pair: train or t10k
 };
 
 const auto kPath = param::string("path", "/usr/share/datasets/fashion-mnist",
-                                 "directory holding the four *-ubyte.gz files (relative: to the graph's directory)");
+                                 "directory holding the four *-ubyte.gz files (relative: to the graph's directory)").path(true);
 const auto kClasses =
     param::strings("classes", {"shirt", "t-shirt"}, "class slugs; label = position in this list").one_of(kClassNames);
 const auto kPerClass = param::integers("per_class", {1000, 500, 500}, "images per class for [train, validation, test]")

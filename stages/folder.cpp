@@ -28,6 +28,7 @@
 #include <fmt/format.h>
 
 #include "builtin.h"
+#include "files.h"
 
 namespace pipeline::stages {
 namespace {
@@ -36,12 +37,7 @@ namespace fs = std::filesystem;
 
 bool hidden(const fs::path& p) { return p.filename().string().rfind('.', 0) == 0; }
 
-bool is_image(const fs::path& p) {
-  std::string ext = p.extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".bmp" || ext == ".webp";
-}
+bool is_image(const fs::path& p) { return is_image_file(p.string()); }
 
 // Sorted visible subdirectories / image files of `dir` (empty when `dir` does not exist).
 std::vector<fs::path> list(const fs::path& dir, bool dirs) {
@@ -59,7 +55,7 @@ std::vector<fs::path> list(const fs::path& dir, bool dirs) {
   return out;
 }
 
-const auto kPath = param::string("path", param::required, "root of the tree (relative: to the graph file's directory)");
+const auto kPath = param::string("path", param::required, "root of the tree (relative: to the graph file's directory)").path(true);
 const auto kSplitSeed = param::integer("split_seed", 1, "seed of the sample order within each split");
 
 class Folder : public Source {
@@ -123,37 +119,7 @@ class Folder : public Source {
   }
 
   void load(Sample& sample) const override {
-    const File& f = at(sample.split, sample.id);
-    auto fail = [&](const char* what) {
-      return SampleError(fmt::format("cannot {} {}: {}", what, f.path, std::strerror(errno)));
-    };
-    const int fd = ::open(f.path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw fail("open");
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-      const int err = errno;
-      ::close(fd);
-      errno = err;
-      throw fail("stat");
-    }
-    auto bytes = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(st.st_size));
-    size_t got = 0;
-    int err = 0;
-    while (got < bytes->size()) {
-      const ssize_t n = ::read(fd, bytes->data() + got, bytes->size() - got);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        err = n < 0 ? errno : EIO;  // EIO: the file shrank while being read
-        break;
-      }
-      got += static_cast<size_t>(n);
-    }
-    ::close(fd);
-    if (err != 0) {
-      errno = err;
-      throw fail("read");
-    }
-    sample.bytes = std::move(bytes);
+    sample.bytes = read_image_bytes(at(sample.split, sample.id).path);
   }
 
   std::string identity() const override { return identity_; }

@@ -18,13 +18,15 @@
 #include "files.h"
 #include "pipe/rng.h"
 #include "pipe/stage.h"
+#include "script_export.h"
 #include "torch_util.h"
 
 namespace pipeline::stages {
 
-class SupervisedSink : public SinkStage {
+class SupervisedSink : public SinkStage, public ModelExport, public LearningRate {
  public:
   void begin_run(const RunInfo& run) override {
+    class_names_ = run.classes;
     classes_ = static_cast<int64_t>(run.classes.size());
     if (classes_ < 2)
       throw std::runtime_error(fmt::format("{}: needs at least 2 classes, the run has {}", what_, classes_));
@@ -60,7 +62,10 @@ class SupervisedSink : public SinkStage {
       if (labels[i] < 0 || labels[i] >= classes_)
         throw std::runtime_error(fmt::format("{}: sample {} has label {} outside [0, {})", what_,
                                              batch.samples[i].describe(), labels[i], classes_));
-    if (width_ == 0) build(width_ = width(x));
+    if (width_ == 0) {
+      build(width_ = width(x));
+      apply_lr();
+    }
     check(x, batch);
     const bool cuda = device().is_cuda();
     x = x.to(device(), /*non_blocking=*/cuda);
@@ -75,6 +80,20 @@ class SupervisedSink : public SinkStage {
   }
   void restore_best() override {
     if (width_ > 0 && !best_.empty()) torchu::restore(net(), best_);
+  }
+
+  // model.pt: the path's stages, then the network with its best-epoch weights (restored
+  // before the test pass).
+  std::string export_model(const std::vector<PathStep>& upstream, const std::string& file) override {
+    if (!built()) return "it was never trained";
+    return write_model(upstream, script_net(), class_names_, file);
+  }
+
+  // The run's schedule (train.lr_schedule), applied to every parameter group; kept until the
+  // optimizer exists when it is built lazily on the first batch.
+  void set_lr(double lr) override {
+    lr_ = lr;
+    if (built()) apply_lr();
   }
 
   bool can_resume() const override { return true; }
@@ -125,6 +144,8 @@ class SupervisedSink : public SinkStage {
   virtual torch::Tensor loss(const torch::Tensor& logits, const torch::Tensor& y) const = 0;
   virtual torch::Tensor predict(const torch::Tensor& logits) const { return logits.argmax(1); }
   virtual torch::nn::Module& net() = 0;
+  // The built network in evaluation mode as TorchScript (script_export.h), returning logits.
+  virtual torch::jit::Module script_net() = 0;
   virtual torch::optim::Optimizer& optimizer() = 0;
   virtual torch::Device device() const { return torch::kCPU; }
   virtual bool one_thread() const { return false; }
@@ -137,6 +158,11 @@ class SupervisedSink : public SinkStage {
   const std::string& what() const { return what_; }
 
  private:
+  void apply_lr() {
+    if (lr_ < 0) return;
+    for (auto& group : optimizer().param_groups()) group.options().set_lr(lr_);
+  }
+
   void step(const torch::Tensor& x, const torch::Tensor& y, int64_t n) {
     torch::Tensor logits, l;
     if (training_) {
@@ -157,6 +183,8 @@ class SupervisedSink : public SinkStage {
   }
 
   std::string node_, what_;
+  std::vector<std::string> class_names_;
+  double lr_ = -1;  // set_lr's, -1: the optimizer's own
   int64_t classes_ = 0;
   int64_t width_ = 0;  // 0: not built yet
   at::Generator gen_;

@@ -22,10 +22,11 @@ inline const auto kStd =
 
 namespace convbase {
 inline const auto kModel = param::string(
-    "model", param::required, "builtin:vgg16, builtin:small_vgg, or a TorchScript file (relative to the graph)");
+    "model", param::required, "builtin:vgg16, builtin:small_vgg, or a TorchScript file (relative to the graph)").path(true);
 inline const auto kWeights = param::string("weights", "",
-                                           "weights for a builtin, written by torch::save(module) (e.g. by "
-                                           "train_base); \"\" = random init from init_seed, only useful for tests");
+                                           "weights for a builtin: a torch::save(module) file (e.g. by "
+                                           "train_base) or a PyTorch state dict (torchvision's vgg16-397923af.pth); "
+                                           "\"\" = random init from init_seed, only useful for tests").path(true);
 inline const auto kInitSeed = param::integer("init_seed", 0, "seed of the random init (weights: \"\")").min(0);
 inline const auto kDevice = param::string("device", "auto", "auto (CUDA when available), cpu, cuda, cuda:N");
 inline const auto kBatch =
@@ -57,7 +58,7 @@ inline const auto kLr = param::number("lr", 1e-3, "Adam learning rate").range(0,
 inline const auto kWeightDecay = param::number("weight_decay", 0, "L2 penalty added to the gradient").min(0);
 inline const auto kDevice = param::string("device", "auto", "auto (CUDA when available), cpu, cuda, cuda:N");
 inline const auto kOut = param::string("out", "models/small_vgg_fmnist.pt",
-                                       "where save() writes the base's weights (relative to the graph file)");
+                                       "where save() writes the base's weights (relative to the graph file)").path();
 }  // namespace train_base
 
 Schema convbase_schema();

@@ -2,10 +2,12 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
+#include <caffe2/serialize/inline_container.h>
 #include <torch/version.h>
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <set>
 #include <stdexcept>
@@ -189,6 +191,68 @@ void init_module(nn::Module& m, at::Generator& gen) {
 }
 
 // ---------------------------------------------------------------- modules
+
+namespace {
+
+// torch.save(model.state_dict()) pickles a collections.OrderedDict (and sets its _metadata
+// with SETITEM and BUILD), none of which LibTorch 1.13's unpickler reads: it turns
+// OrderedDict into None. A plain dict of the same tensors loads.
+bool ordered_dict_pickle(const std::string& path) {
+  caffe2::serialize::PyTorchStreamReader reader(path);
+  auto [data, size] = reader.getRecord("data.pkl");
+  const std::string head = std::string("\x80\x02", 2) + "ccollections\nOrderedDict\n";
+  return size >= head.size() && std::string(static_cast<const char*>(data.get()), head.size()) == head;
+}
+
+std::map<std::string, torch::Tensor> read_state_dict(const std::string& path) {
+  if (ordered_dict_pickle(path))
+    throw std::runtime_error(
+        "it pickles a collections.OrderedDict (torch.save(model.state_dict()) does), which LibTorch 1.13 cannot "
+        "read; save it once as a plain dict, e.g. with Debian's python3-torch: python3 -c 'import torch; "
+        "torch.save(dict(torch.load(\"IN.pth\")), \"OUT.pth\")' (docs/models.md)");
+  std::ifstream in(path, std::ios::binary);
+  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const c10::IValue v = torch::pickle_load(bytes);
+  if (!v.isGenericDict()) throw std::runtime_error(fmt::format("holds a {}, not a state dict", v.tagKind()));
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& e : v.toGenericDict())
+    if (e.key().isString() && e.value().isTensor()) out[e.key().toStringRef()] = e.value().toTensor();
+  return out;
+}
+
+// The file's tensors under the module's names: "features.<name>" when the file has any.
+std::map<std::string, torch::Tensor> base_tensors(std::map<std::string, torch::Tensor> all) {
+  std::map<std::string, torch::Tensor> features;
+  for (const auto& [k, t] : all)
+    if (k.rfind("features.", 0) == 0) features[k.substr(9)] = t;
+  return features.empty() ? all : features;
+}
+
+}  // namespace
+
+void load_state_dict(nn::Module& m, const std::string& path, const std::string& what) {
+  std::map<std::string, torch::Tensor> file;
+  try {
+    file = base_tensors(read_state_dict(path));
+  } catch (const std::exception& e) {
+    const std::string msg = e.what();
+    throw std::runtime_error(fmt::format("{}: '{}' is neither a torch::save()d module nor a state dict: {}", what,
+                                         path, msg.substr(0, msg.find('\n'))));
+  }
+  torch::NoGradGuard no_grad;
+  auto assign = [&](const std::string& name, torch::Tensor& dst) {
+    const auto it = file.find(name);
+    if (it == file.end())
+      throw std::runtime_error(fmt::format("{}: state dict '{}' has no tensor '{}' (nor 'features.{}')", what, path, name, name));
+    if (it->second.sizes() != dst.sizes())
+      throw std::runtime_error(fmt::format("{}: state dict '{}': tensor '{}' has shape [{}], the model needs [{}]", what,
+                                           path, name, fmt::join(it->second.sizes(), ", "), fmt::join(dst.sizes(), ", ")));
+    dst.copy_(it->second);
+  };
+  for (auto& p : m.named_parameters()) assign(p.key(), p.value());
+  for (auto& b : m.named_buffers()) assign(b.key(), b.value());
+}
+
 
 void freeze(nn::Module& m) {
   m.eval();

@@ -81,6 +81,13 @@ int64_t builtin_channels(const std::string& name);  // feature channels
 void init_module(torch::nn::Module& m, at::Generator& gen);
 at::Generator make_generator(uint64_t seed);
 
+// Loads a PyTorch state dict (what torch.save(model.state_dict()) writes, e.g. torchvision's
+// vgg16-397923af.pth) into `m`: every parameter and buffer of `m` must be in the file with
+// its shape, under its own name or under "features." + its name (torchvision's VGG keeps the
+// conv base there; its "classifier.*" tensors are not part of a conv base and are skipped).
+// Throws std::runtime_error naming the file and the first missing or mismatched tensor.
+void load_state_dict(torch::nn::Module& m, const std::string& path, const std::string& what);
+
 // Freezes a module: eval mode and requires_grad(false) on every parameter.
 void freeze(torch::nn::Module& m);
 

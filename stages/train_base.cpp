@@ -104,6 +104,16 @@ class TrainBase : public SupervisedSink {
     return torch::cross_entropy_loss(logits, y);
   }
   torch::nn::Module& net() override { return *net_; }
+  double configured_lr() const override { return lr_; }
+  torch::jit::Module script_net() override {
+    ScriptWriter w("TrainBase");
+    script_norm(w, norm_);
+    script_layers(w, net_->base, "layer");
+    w.line(gap_ ? "x = x.mean([2, 3])" : "x = torch.flatten(x, 1)");
+    w.line(fmt::format("x = torch.linear(x, {}, {})", w.tensor("fc_weight", net_->fc->weight),
+                       w.tensor("fc_bias", net_->fc->bias)));
+    return w.finish();
+  }
   torch::optim::Optimizer& optimizer() override { return *optimizer_; }
   torch::Device device() const override { return device_; }
 

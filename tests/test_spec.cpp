@@ -1,6 +1,8 @@
 // Graph validation: every class of error, reported all at once with exact 1-based positions.
 #include <catch2/catch.hpp>
 
+#include <filesystem>
+
 #include "spec.h"
 #include "support.h"
 
@@ -41,7 +43,8 @@ train: {epochs: 2}
   CHECK(g.train.epochs == 2);
   CHECK(g.train.batch == 20);
   CHECK(g.name == "g");
-  CHECK(g.dir == "dir");
+  // Absolute: paths resolved against it stay right wherever the run's graph.yaml is read.
+  CHECK(g.dir == (std::filesystem::current_path() / "dir").string());
 }
 
 TEST_CASE("validation errors name file, line and column") {

@@ -16,7 +16,9 @@
 #include "bench.h"
 #include "cache_store.h"
 #include "plugin_loader.h"
+#include "predict.h"
 #include "runner.h"
+#include "runs.h"
 #include "spec.h"
 #include "stage_docs.h"
 #include "torch_runtime.h"
@@ -37,18 +39,17 @@ void on_sigint(int) {
 struct Common {
   std::vector<std::string> plugins;
   std::vector<std::string> sets;
+  bool allow_plugins = false;  // --allow-plugins: load the graph's plugins (docs/security.md)
+  bool no_plugins = false;     // validate --no-plugins: load none of them
 };
 
-// Loads plugins from --plugin, PIPE_PLUGIN_PATH and the graph's `plugins:` list.
-bool load_plugins(const Common& c, const std::string& graph) {
+// Loads the user's own plugins: --plugin and PIPE_PLUGIN_PATH (a graph's need consent,
+// load_valid()).
+bool load_plugins(const Common& c) {
   std::vector<std::string> all = plugin_path_entries();
   all.insert(all.end(), c.plugins.begin(), c.plugins.end());
-  if (!graph.empty()) {
-    std::vector<std::string> g = graph_plugins(graph);
-    all.insert(all.end(), g.begin(), g.end());
-  }
   for (const std::string& p : all) {
-    if (!fs::exists(p)) continue;  // the validator reports missing graph plugins with a position
+    if (!fs::exists(p)) continue;  // a missing --plugin is reported below
     try {
       load_plugin(p, Registry::global());
     } catch (const std::exception& e) {
@@ -65,12 +66,24 @@ bool load_plugins(const Common& c, const std::string& graph) {
 }
 
 std::optional<GraphSpec> load_valid(const std::string& path, const Common& c) {
-  if (!load_plugins(c, path)) return std::nullopt;
+  if (!load_plugins(c)) return std::nullopt;
   Diagnostics diag(path);
-  GraphSpec spec = load_graph(path, c.sets, Registry::global(), diag);
+  PluginConsent consent;
+  consent.allow_graph_plugins = c.allow_plugins || plugins_allowed_by_env();
+  consent.load = !c.no_plugins;
+  consent.command_line = c.plugins;
+  GraphOptions options;
+  options.check_files = true;
+  try {
+    options.plugins_loaded = load_graph_plugins(graph_plugins(path), consent, Registry::global(), diag);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "pipe: error: %s\n", e.what());
+    return std::nullopt;
+  }
+  GraphSpec spec = load_graph(path, c.sets, Registry::global(), diag, options);
+  std::fputs(diag.str().c_str(), stderr);  // warnings too
   if (!diag.ok()) {
-    std::fputs(diag.str().c_str(), stderr);
-    std::fprintf(stderr, "%zu error%s\n", diag.items().size(), diag.items().size() == 1 ? "" : "s");
+    std::fprintf(stderr, "%zu error%s\n", diag.errors(), diag.errors() == 1 ? "" : "s");
     return std::nullopt;
   }
   return spec;
@@ -125,6 +138,9 @@ struct Options {
   std::string cache_dir, prefix;
   bool all = false;
   BenchOptions bench;
+  PredictOptions predict;
+  RunsOptions runs;
+  CompareOptions compare;
 };
 
 struct Subcommands {
@@ -136,7 +152,16 @@ struct Subcommands {
   CLI::App* cache = nullptr;
   CLI::App* cache_ls = nullptr;
   CLI::App* bench = nullptr;
+  CLI::App* predict = nullptr;
+  CLI::App* runs = nullptr;
+  CLI::App* compare = nullptr;
 };
+
+// Consent to load the plugins a graph lists (docs/security.md).
+CLI::Option* add_allow_plugins(CLI::App& sub, Options& o) {
+  return sub.add_flag("--allow-plugins", o.common.allow_plugins,
+                      "Load the plugins the graph lists: they run code as you (also PIPE_ALLOW_PLUGINS=1)");
+}
 
 CLI::App* add_run(CLI::App& app, Options& o) {
   auto* run = app.add_subcommand("run", "Run a graph: train and evaluate, write a run directory");
@@ -147,6 +172,7 @@ CLI::App* add_run(CLI::App& app, Options& o) {
   run->add_option("--out", o.out, "Run directory (default: runs/<graph>-<time>)");
   run->add_flag("--no-progress", o.no_progress, "No progress bar");
   run->add_option("--plugin", o.common.plugins, "Load a plugin; repeatable")->type_name("PATH");
+  add_allow_plugins(*run, o);
   return run;
 }
 
@@ -156,6 +182,7 @@ CLI::App* add_graph_reader(CLI::App& app, const std::string& name, const std::st
   sub->add_option("graph", o.graph, "Graph YAML file")->required();
   sub->add_option("--set", o.common.sets, "Override a value (repeatable)")->type_name("KEY=VALUE");
   sub->add_option("--plugin", o.common.plugins, "Load a plugin; repeatable")->type_name("PATH");
+  add_allow_plugins(*sub, o);
   return sub;
 }
 
@@ -187,11 +214,41 @@ CLI::App* add_bench(CLI::App& app, Options& o) {
   return bench;
 }
 
+CLI::App* add_predict(CLI::App& app, Options& o) {
+  auto* p = app.add_subcommand("predict", "Classify image files with a run's model.pt; exit 1 if any file failed");
+  p->add_option("run", o.predict.model, "Run directory (or a model.pt file)")->required();
+  p->add_option("paths", o.predict.paths, "Image files or directories (searched recursively)")->required();
+  p->add_option("--top", o.predict.top, "Print the K most probable classes")->check(CLI::PositiveNumber)->type_name("K");
+  p->add_option("--batch", o.predict.batch, "Images per forward pass")->check(CLI::PositiveNumber)->type_name("N");
+  p->add_flag("--json", o.predict.json, "JSON lines: path, class, probability, top, probabilities");
+  return p;
+}
+
+CLI::App* add_runs(CLI::App& app, Options& o) {
+  auto* r = app.add_subcommand("runs", "List the runs in DIR: graph, start, status, epochs, best validation and test accuracy");
+  r->add_option("dir", o.runs.dir, "Directory of run directories (default: runs)");
+  r->add_flag("--json", o.runs.json, "A JSON array, one object per run");
+  return r;
+}
+
+CLI::App* add_compare(CLI::App& app, Options& o) {
+  auto* c = app.add_subcommand("compare", "Compare runs: metrics side by side, what differs in their graphs, compare.png");
+  c->add_option("runs", o.compare.runs, "Two or more run directories")->required();
+  c->add_option("--out", o.compare.out, "Chart of their validation accuracy (default: compare.png)")->type_name("FILE");
+  return c;
+}
+
 // In the order of `pipe --help`.
 Subcommands add_subcommands(CLI::App& app, Options& o) {
   Subcommands s;
   s.run = add_run(app, o);
   s.validate = add_graph_reader(app, "validate", "Check a graph; print every problem, exit 2 if any", o);
+  s.predict = add_predict(app, o);
+  s.runs = add_runs(app, o);
+  s.compare = add_compare(app, o);
+  s.validate->add_flag("--no-plugins", o.common.no_plugins,
+                       "Load none of the plugins the graph lists; check everything else (their stages are warnings)")
+      ->excludes("--allow-plugins");
   s.stages = add_stages(app, o);
   s.plan = add_graph_reader(app, "plan", "Print the ops each pass will run, what the cache serves, and each cache key", o);
   s.dot = add_graph_reader(app, "graph", "Print the resolved graph in Graphviz DOT", o);
@@ -223,7 +280,7 @@ int cmd_graph(const Options& o) {
 }
 
 int cmd_stages(const Options& o) {
-  if (!load_plugins(o.common, "")) return 2;
+  if (!load_plugins(o.common)) return 2;
   std::fputs((o.markdown ? stages_markdown(Registry::global()) : stages_text(Registry::global())).c_str(), stdout);
   return 0;
 }
@@ -258,13 +315,25 @@ std::optional<std::string> resolve_graph_to_run(Options& o) {
     std::fprintf(stderr, "pipe run: a graph file is required\n");
     return std::nullopt;
   }
-  if (!o.graph.empty() || !o.common.sets.empty()) {
-    std::fprintf(stderr, "pipe run --resume DIR takes no graph or --set: it reuses the interrupted run's\n");
+  if (!o.graph.empty()) {
+    std::fprintf(stderr, "pipe run --resume DIR takes no graph file: it reruns the one the run in DIR used\n");
     return std::nullopt;
   }
   const ResumeInfo info = read_resume_info(o.resume);
+  // Only more (or fewer, not yet run) epochs: anything else would not continue the same run.
+  for (const std::string& set : o.common.sets) {
+    const std::string key = set.substr(0, set.find('='));
+    if (key != "train.epochs") {
+      std::fprintf(stderr, "pipe run --resume: --set %s refused: only train.epochs may change when a run is "
+                   "continued (any other value would change what its completed epochs computed); start a new "
+                   "run to change it\n", set.c_str());
+      return std::nullopt;
+    }
+  }
+  std::vector<std::string> sets = info.overrides;
+  sets.insert(sets.end(), o.common.sets.begin(), o.common.sets.end());  // later --set wins
   o.graph = info.graph_file;
-  o.common.sets = info.overrides;
+  o.common.sets = sets;
   return info.resolved_hash;
 }
 
@@ -300,6 +369,9 @@ int cmd_run(Options& o) {
 int dispatch(const Subcommands& s, Options& o) {
   if (*s.bench) return run_bench(o.bench);
   if (*s.validate) return cmd_validate(o);
+  if (*s.predict) return run_predict(o.predict, stdout, stderr);
+  if (*s.runs) return run_runs(o.runs, stdout, stderr);
+  if (*s.compare) return run_compare(o.compare, stdout, stderr);
   if (*s.plan) return cmd_plan(o);
   if (*s.dot) return cmd_graph(o);
   if (*s.stages) return cmd_stages(o);
@@ -316,7 +388,7 @@ int dispatch(const Subcommands& s, Options& o) {
 int main(int argc, char** argv) {
   CLI::App app{"pipe: dataflow graphs for transfer learning on frozen conv bases"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", fmt::format("pipe 0.1.0 ({})", host_build_fingerprint()));
+  app.set_version_flag("--version", fmt::format("pipe {} ({})", PIPE_VERSION_STRING, host_build_fingerprint()));
   Options options;
   app.add_option("--plugin", options.common.plugins, "Load a plugin (shared library); repeatable")->type_name("PATH");
   const Subcommands subcommands = add_subcommands(app, options);

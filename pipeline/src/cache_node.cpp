@@ -31,7 +31,7 @@ namespace {
 class CacheNode : public CacheStage {};
 
 const auto kDir =
-    param::string("dir", "", "cache root (\"\": $PIPE_CACHE_DIR, else $XDG_CACHE_HOME/pipe, else ~/.cache/pipe)");
+    param::string("dir", "", "cache root (\"\": $PIPE_CACHE_DIR, else $XDG_CACHE_HOME/pipe, else ~/.cache/pipe)").path();
 const auto kViews = param::integer("views", 0,
                                    "0: plain memo of a deterministic upstream; K >= 1: keep K augmented views per "
                                    "training sample, each epoch reads one per sample")

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -18,7 +19,10 @@
 #include <oneapi/tbb/global_control.h>
 
 #include "cache_store.h"
+#include "controls.h"
+#include "curves.h"
 #include "files.h"
+#include "runs.h"
 #include "torch_runtime.h"
 #include "plan.h"
 
@@ -117,6 +121,8 @@ struct SinkRun {
   SinkStage* impl = nullptr;
   SinkResult r;
   SplitMetrics train, validation;  // of the current epoch
+  std::optional<Controls> controls;  // reporting sinks: best epoch, early stopping, LR
+  LearningRate* lr = nullptr;        // when the sink's learning rate can be scheduled
 };
 
 class Run {
@@ -128,7 +134,7 @@ class Run {
     setup();
     const int first_epoch = cfg_.resume_dir.empty() ? 1 : resume() + 1;
     std::ofstream metrics = open_outputs();
-    for (int e = first_epoch; e <= spec_.train.epochs && !res_.interrupted; ++e) epoch(e, metrics);
+    for (int e = first_epoch; e <= spec_.train.epochs && !res_.interrupted && !stopped(); ++e) epoch(e, metrics);
     if (!res_.interrupted && source_->size(Split::test) > 0) {
       for (SinkRun& s : sinks_)
         if (s.r.reports) s.impl->restore_best();
@@ -136,8 +142,10 @@ class Run {
       for (SinkRun& s : sinks_)
         if (s.r.reports) s.r.test = m[static_cast<size_t>(&s - sinks_.data())];
     }
-    if (cfg_.write_outputs && !res_.interrupted)
+    if (cfg_.write_outputs && !res_.interrupted) {
       for (SinkRun& s : sinks_) s.impl->save(res_.out_dir);
+      export_models();
+    }
     res_.seconds = now_s() - t0;
     finish();
     return std::move(res_);
@@ -146,7 +154,8 @@ class Run {
  private:
   void setup() {
     res_.out_dir = cfg_.resume_dir.empty() ? out_dir() : cfg_.resume_dir;
-    if (cfg_.write_outputs) fs::create_directories(res_.out_dir);
+    // Owner only: a run holds what was learnt from the user's images (docs/security.md).
+    if (cfg_.write_outputs) make_dirs(res_.out_dir, kOwnerOnly.dir);
     threads_ = configure_threads(cfg_.threads);
     torch_manual_seed(spec_.train.seed);
     source_ = spec_.source_entry->make_source(spec_.source_params, SourceContext{spec_.dir});
@@ -171,26 +180,111 @@ class Run {
       s.r.name = spec_.nodes[i].name;
       s.r.stage = spec_.nodes[i].stage;
       s.r.reports = s.impl->reports_metrics();
+      s.lr = dynamic_cast<LearningRate*>(s.impl);
+      if (s.r.reports) s.controls.emplace(spec_.train, s.lr ? s.lr->configured_lr() : -1.0);
       s.impl->begin_run(info);
       sinks_.push_back(std::move(s));
     }
+    count_classes();
+    const bool watches = spec_.train.early_stopping.enabled || spec_.train.lr_schedule.kind == LrSchedule::Kind::plateau;
+    if (watches && source_->size(Split::validation) == 0)
+      throw std::runtime_error(fmt::format("{}: train.early_stopping and lr_schedule 'plateau' watch the validation "
+                                           "split, and this graph's source has none", spec_.file));
     if (!cfg_.quiet) {
       std::fprintf(stderr, "pipe: %s\n", torch_runtime_info().c_str());
       std::fprintf(stderr, "pipe: %s: %lld train, %lld validation, %lld test samples; %d epochs; %d threads\n",
                    spec_.name.c_str(), static_cast<long long>(source_->size(Split::train)),
                    static_cast<long long>(source_->size(Split::validation)),
                    static_cast<long long>(source_->size(Split::test)), spec_.train.epochs, threads_);
+      for (size_t c = 0; c < class_counts_.size(); ++c)
+        std::fprintf(stderr, "pipe:   class %zu %-16s %6lld train %6lld validation %6lld test\n", c,
+                     source_->classes()[c].c_str(), static_cast<long long>(class_counts_[c][0]),
+                     static_cast<long long>(class_counts_[c][1]), static_cast<long long>(class_counts_[c][2]));
     }
+  }
+
+  // Samples per class and split, from the source's listing (no I/O).
+  void count_classes() {
+    class_counts_.assign(source_->classes().size(), {0, 0, 0});
+    for (Split split : {Split::train, Split::validation, Split::test})
+      for (int64_t i = 0, n = source_->size(split); i < n; ++i) {
+        const int64_t label = source_->describe(split, i).label;
+        if (label >= 0 && static_cast<size_t>(label) < class_counts_.size())
+          ++class_counts_[static_cast<size_t>(label)][static_cast<size_t>(split)];
+      }
+  }
+
+  json classes_json() const {
+    json counts = json::object();
+    for (Split split : {Split::train, Split::validation, Split::test}) {
+      json per = json::object();
+      for (size_t c = 0; c < class_counts_.size(); ++c) per[source_->classes()[c]] = class_counts_[c][static_cast<size_t>(split)];
+      counts[split_name(split)] = per;
+    }
+    return counts;
   }
 
   std::ofstream open_outputs() {
     std::ofstream metrics;
     if (!cfg_.write_outputs) return metrics;
-    if (cfg_.resume_dir.empty())
+    if (cfg_.resume_dir.empty()) {
+      // Every path in it is absolute and `output` is left out, so `pipe run RUN/graph.yaml`
+      // reruns this graph from anywhere, into a new run directory.
+      YAML::Node g = YAML::Clone(spec_.resolved);
+      g.remove("output");
       write_file((fs::path(res_.out_dir) / "graph.yaml").string(),
-                 "# resolved from " + spec_.file + "\n" + YAML::Dump(spec_.resolved) + "\n");
+                 graph_yaml_comment(spec_.file) + YAML::Dump(g) + "\n");
+      write_file_atomic((fs::path(res_.out_dir) / "classes.json").string(), dump(json(source_->classes()), -1) + "\n");
+    }
     metrics.open(fs::path(res_.out_dir) / "metrics.jsonl", cfg_.resume_dir.empty() ? std::ios::trunc : std::ios::app);
+    // A resumed run appends to its metrics.csv; a fresh one starts it at its first epoch (so
+    // that, on a full disk, metrics.jsonl's line is what fails).
+    if (cfg_.resume_dir.empty())
+      for (size_t k = 0; k < reporting().size(); ++k)
+        for (const std::string& f : sink_file_names("metrics.csv", reporting_names(), k)) fs::remove(run_file(f));
     return metrics;
+  }
+
+  // model.pt from the first sink that reports metrics and can export (ModelExport), and
+  // model-<node>.pt from the others. A path that cannot be exported is noted, not an error.
+  void export_models() {
+    bool first = true;
+    for (SinkRun& s : sinks_) {
+      auto* exporter = dynamic_cast<ModelExport*>(s.impl);
+      if (!s.r.reports || !exporter) continue;
+      const std::string file = first ? "model.pt" : safe_file_name("model-" + s.r.name + ".pt", kMaxFileName);
+      std::vector<PathStep> path;
+      std::string why = eval_path(s.node, path);
+      if (why.empty()) why = exporter->export_model(path, (fs::path(res_.out_dir) / file).string());
+      if (!why.empty()) {
+        s.r.no_model_reason = why;
+        if (!cfg_.quiet) std::fprintf(stderr, "pipe: no model file for '%s': %s\n", s.r.name.c_str(), why.c_str());
+        continue;
+      }
+      s.r.model = file;
+      first = false;
+    }
+  }
+
+  // "model.pt" when the run wrote one, else null.
+  json model_file() const {
+    for (const SinkRun& s : sinks_)
+      if (s.r.model == "model.pt") return s.r.model;
+    return nullptr;
+  }
+
+  // The nodes an evaluation sample passes on its way into `sink`, source side first: random
+  // stages are left out (evaluation bypasses them). A join has no single path.
+  std::string eval_path(int sink, std::vector<PathStep>& out) const {
+    for (int n = sink; !spec_.nodes[static_cast<size_t>(n)].inputs.empty();) {
+      const NodeSpec& at = spec_.nodes[static_cast<size_t>(n)];
+      if (at.inputs.size() > 1) return fmt::format("node '{}' joins {} branches, and joins have no model form yet", at.name, at.inputs.size());
+      n = at.inputs[0];
+      const NodeSpec& up = spec_.nodes[static_cast<size_t>(n)];
+      if (!up.entry->schema.random) out.push_back({up.name, up.stage, &up.params, nodes_[static_cast<size_t>(n)].get()});
+    }
+    std::reverse(out.begin(), out.end());
+    return "";
   }
 
   // The sinks that report metrics: one of them keeps the summary's flat keys.
@@ -201,8 +295,21 @@ class Run {
     return out;
   }
 
+  // Early stopping ends the run when every sink that reports has stopped improving.
+  bool stopped() const {
+    bool any = false;
+    for (const SinkRun& s : sinks_) {
+      if (!s.controls) continue;
+      if (!s.controls->stopped()) return false;
+      any = true;
+    }
+    return any;
+  }
+
   void epoch(int e, std::ofstream& metrics) {
     const bool has_val = source_->size(Split::validation) > 0;
+    for (SinkRun& s : sinks_)
+      if (s.lr && s.controls) s.lr->set_lr(s.controls->lr_for(e));
     const double te = now_s();
     const auto train = run_split(Split::train, e);
     if (res_.interrupted) return;
@@ -219,7 +326,8 @@ class Run {
       m.validation = val[k];
       m.seconds = seconds;
       m.images_per_s = seconds > 0 ? static_cast<double>(m.train.count) / seconds : 0;
-      if (has_val && m.validation.accuracy > s.r.best_val_acc) {
+      m.lr = s.lr ? s.controls->lr_for(e) : -1;
+      if (has_val && s.controls->end_epoch(m.validation).best) {
         s.r.best_val_acc = m.validation.accuracy;
         s.r.best_epoch = e;
         s.impl->mark_best(e);
@@ -227,23 +335,29 @@ class Run {
       s.r.epochs.push_back(m);
     }
     write_metrics_line(e, seconds, has_val, metrics);
+    write_epoch_files(has_val);
     if (cfg_.write_outputs && can_resume()) checkpoint(e);
     if (cfg_.quiet) return;
     progress_.clear();
     for (SinkRun* s : reporting()) {
       const EpochMetrics& m = s->r.epochs.back();
       const std::string who = reporting().size() > 1 ? fmt::format("{:<10} ", s->r.name) : "";
-      std::fprintf(stderr, "epoch %3d/%d  %strain loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1fs  %.0f img/s\n", e,
+      const std::string lr = spec_.train.lr_schedule.kind != LrSchedule::Kind::none && m.lr >= 0 ? fmt::format("  lr {:.3g}", m.lr) : "";
+      std::fprintf(stderr, "epoch %3d/%d  %strain loss %.4f acc %.4f  val loss %.4f acc %.4f%s  %.1fs  %.0f img/s\n", e,
                    spec_.train.epochs, who.c_str(), m.train.loss, m.train.accuracy, m.validation.loss,
-                   m.validation.accuracy, m.seconds, m.images_per_s);
+                   m.validation.accuracy, lr.c_str(), m.seconds, m.images_per_s);
     }
+    if (stopped()) std::fprintf(stderr, "pipe: early stopping after epoch %d: no improvement in %d epochs\n", e,
+                                spec_.train.early_stopping.patience);
   }
 
   static json epoch_json(const EpochMetrics& m, bool has_val) {
-    return {{"train_loss", m.train.loss},
-            {"train_acc", m.train.accuracy},
-            {"val_loss", has_val ? json(m.validation.loss) : json()},
-            {"val_acc", has_val ? json(m.validation.accuracy) : json()}};
+    json j = {{"train_loss", m.train.loss},
+              {"train_acc", m.train.accuracy},
+              {"val_loss", has_val ? json(m.validation.loss) : json()},
+              {"val_acc", has_val ? json(m.validation.accuracy) : json()}};
+    if (m.lr >= 0) j["lr"] = m.lr;
+    return j;
   }
 
   // One line per epoch: flat with one reporting sink, else one object per sink by name.
@@ -265,6 +379,28 @@ class Run {
     }
   }
 
+  std::vector<std::string> reporting_names() {
+    std::vector<std::string> names;
+    for (SinkRun* s : reporting()) names.push_back(s->r.name);
+    return names;
+  }
+
+  std::string run_file(const std::string& name) const { return (fs::path(res_.out_dir) / name).string(); }
+
+  // metrics.csv rows and curves.png (runs.h, curves.h) per reporting sink: written as each epoch
+  // completes, so that an interrupted run has them up to its last completed epoch.
+  void write_epoch_files(bool has_val) {
+    if (!cfg_.write_outputs) return;
+    const auto rep = reporting();
+    const std::vector<std::string> names = reporting_names();
+    for (size_t k = 0; k < rep.size(); ++k) {
+      for (const std::string& f : sink_file_names("metrics.csv", names, k))
+        append_metrics_csv(run_file(f), rep[k]->r.epochs.back(), has_val);
+      const std::string png = curves_png(rep[k]->r.epochs, has_val);
+      for (const std::string& f : sink_file_names("curves.png", names, k)) write_file_atomic(run_file(f), png);
+    }
+  }
+
   bool can_resume() const {
     for (const SinkRun& s : sinks_)
       if (!s.impl->can_resume()) return false;
@@ -282,10 +418,12 @@ class Run {
     st["overrides"] = cfg_.overrides;
     st["resolved_hash"] = resolved_hash(spec_);
     st["epochs_completed"] = epoch;
+    st["epochs"] = spec_.train.epochs;
     json sinks = json::object();
     for (const SinkRun& s : sinks_) {
-      fs::create_directories(tmp / s.r.name);
-      s.impl->save_state((tmp / s.r.name).string());
+      const fs::path sink_dir = tmp / safe_file_name(s.r.name);
+      fs::create_directories(sink_dir);
+      s.impl->save_state(sink_dir.string());
       sinks[s.r.name] = sink_state(s);
     }
     st["sinks"] = sinks;
@@ -312,8 +450,11 @@ class Run {
                      {"train", json::array({m.train.loss, m.train.accuracy, m.train.count})},
                      {"validation", json::array({m.validation.loss, m.validation.accuracy, m.validation.count})},
                      {"seconds", m.seconds},
-                     {"images_per_s", m.images_per_s}});
-    return {{"epochs", eps}, {"best_val_acc", s.r.best_val_acc}, {"best_epoch", s.r.best_epoch}};
+                     {"images_per_s", m.images_per_s},
+                     {"lr", m.lr}});
+    json st = {{"epochs", eps}, {"best_val_acc", s.r.best_val_acc}, {"best_epoch", s.r.best_epoch}};
+    if (s.controls) st["controls"] = s.controls->state();
+    return st;
   }
 
   // Restores the state of the last completed epoch; returns its number.
@@ -338,11 +479,17 @@ class Run {
           m.validation = {v.at(0).get<double>(), v.at(1).get<double>(), v.at(2).get<int64_t>()};
           m.seconds = e.at("seconds").get<double>();
           m.images_per_s = e.at("images_per_s").get<double>();
+          m.lr = e.at("lr").get<double>();
           s.r.epochs.push_back(m);
         }
         s.r.best_val_acc = ss.at("best_val_acc").get<double>();
         s.r.best_epoch = ss.at("best_epoch").get<int>();
-        s.impl->load_state((dir / s.r.name).string());
+        if (s.controls) {
+          s.controls->restore(ss.at("controls"));
+          // `--resume --set train.epochs=N` grants more epochs: train on after an early stop.
+          if (spec_.train.epochs > st.at("epochs").get<int>()) s.controls->resume_training();
+        }
+        s.impl->load_state((dir / safe_file_name(s.r.name)).string());
       }
       res_.cache_hits = st.at("cache_hits").get<int64_t>();
       res_.cache_misses = st.at("cache_misses").get<int64_t>();
@@ -366,7 +513,8 @@ class Run {
   std::string out_dir() const {
     if (!cfg_.out_dir.empty()) return cfg_.out_dir;
     if (!spec_.output_dir.empty()) return spec_.output_dir;
-    return (fs::path("runs") / fmt::format("{}-{}", spec_.name, timestamp())).string();
+    const std::string stamp = timestamp();
+    return (fs::path("runs") / fmt::format("{}-{}", safe_file_name(spec_.name, kMaxFileName - stamp.size() - 1), stamp)).string();
   }
 
   // The complete entry for a cache point, opened once per run and kept (nullptr: missing).
@@ -607,7 +755,13 @@ class Run {
     json s;
     s["graph"] = spec_.name;
     s["graph_file"] = spec_.file;
+    s["pipe_version"] = PIPE_VERSION_STRING;
+    s["started"] = started_;
+    s["overrides"] = cfg_.overrides;
+    s["classes"] = source_->classes();
+    s["class_counts"] = classes_json();
     s["status"] = res_.interrupted ? "interrupted" : "completed";
+    s["stopped_early"] = stopped();
     s["seed"] = spec_.train.seed;
     s["epochs"] = spec_.train.epochs;
     s["epochs_completed"] = rep.empty() ? 0 : static_cast<int>(rep[0]->r.epochs.size());
@@ -617,9 +771,12 @@ class Run {
     for (const SinkRun& k : sinks_) {
       json o = {{"stage", k.r.stage}};
       if (k.r.reports) set_metrics(o, k.r);
+      if (!k.r.model.empty()) o["model"] = k.r.model;
+      if (!k.r.no_model_reason.empty()) o["no_model"] = k.r.no_model_reason;
       sinks[k.r.name] = o;
     }
     s["sinks"] = sinks;
+    s["model"] = model_file();
     s["seconds"] = res_.seconds;
     s["extraction_seconds"] = res_.extraction_seconds;
     s["cache"] = {{"hits", res_.cache_hits}, {"misses", res_.cache_misses}};
@@ -649,6 +806,8 @@ class Run {
   Profile profile_;
   RunResult res_;
   std::set<std::pair<int, int64_t>> skip_seen_;
+  std::string started_ = utc_now();
+  std::vector<std::array<int64_t, 3>> class_counts_;  // [class][split]
 };
 
 }  // namespace
@@ -658,6 +817,7 @@ RunResult run_graph(const GraphSpec& spec, const RunConfig& config) { return Run
 std::string resolved_hash(const GraphSpec& spec) {
   YAML::Node r = YAML::Clone(spec.resolved);
   r.remove("output");  // where the run writes does not change what it computes
+  if (r["train"]) r["train"].remove("epochs");  // `--resume --set train.epochs=N` extends a run
   return hash_hex(YAML::Dump(r));
 }
 

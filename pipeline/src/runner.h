@@ -45,6 +45,7 @@ struct EpochMetrics {
   SplitMetrics train, validation;
   double seconds = 0;
   double images_per_s = 0;
+  double lr = -1;  // the sink's learning rate this epoch (-1: the sink has none, LearningRate)
 };
 
 // One sink's results. Sinks that report no metrics (preview) have only name and stage.
@@ -55,6 +56,8 @@ struct SinkResult {
   SplitMetrics test;
   double best_val_acc = -1;
   int best_epoch = 0;
+  // The model file this sink exported into the run directory (ModelExport), or why none.
+  std::string model, no_model_reason;
 };
 
 struct RunResult {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -9,6 +10,8 @@
 #include <sstream>
 
 #include <fmt/format.h>
+
+#include "files.h"
 
 namespace fs = std::filesystem;
 
@@ -173,6 +176,38 @@ std::optional<ParamValue> convert(const ParamSpec& spec, const YAML::Node& v,
 }
 
 }  // namespace
+
+void resolve_path_params(const StageSchema& schema, Params& params, const std::string& dir) {
+  for (const ParamSpec& p : schema.params) {
+    if (!p.path || !params.has(p.name)) continue;
+    const std::string& v = params.string(p.name);
+    if (v.rfind("builtin:", 0) != 0) params.set(p.name, resolve_path(v, dir));
+  }
+}
+
+namespace {
+
+// Each must_exist path of `params` that does not exist, at its value (or its block when the
+// value is a default).
+void check_param_files(const StageSchema& schema, const Params& params, const YAML::Node& block,
+                       const std::string& path, Diagnostics& diag) {
+  for (const ParamSpec& p : schema.params) {
+    if (!p.must_exist || !params.has(p.name)) continue;
+    const std::string& v = params.string(p.name);
+    std::error_code ec;
+    if (v.empty() || v.rfind("builtin:", 0) == 0 || fs::exists(v, ec)) continue;
+    const YAML::Node at = block.IsMap() && block[p.name] ? block[p.name] : block;
+    diag.error(at, path + "." + p.name, fmt::format("{} '{}' does not exist", p.name, v));
+  }
+}
+
+}  // namespace
+
+void check_input_files(const YAML::Node& doc, const GraphSpec& g, const std::vector<NodeSpec>& nodes, Diagnostics& diag) {
+  if (g.source_entry) check_param_files(g.source_entry->schema, g.source_params, doc["data"], "data", diag);
+  for (const NodeSpec& n : nodes)
+    if (n.entry) check_param_files(n.entry->schema, n.params, doc["nodes"][n.name], "nodes." + n.name, diag);
+}
 
 Params parse_params(const StageSchema& schema, const YAML::Node& map, const std::string& path,
                     Diagnostics& diag, const std::set<std::string>& skip) {
@@ -430,13 +465,19 @@ void check_topology(const GraphSpec& g, const std::vector<Edge>& edges,
     else diag.error(n.line, n.col, msg);
   };
   // Sources declare what they deliver (encoded bytes, raw pixels as an image, features).
-  const Payload from_source = g.source_entry && g.source_entry->schema.produces != Payload::any
-                                  ? g.source_entry->schema.produces
-                                  : Payload::bytes;
+  // (No entry: a source from a plugin that was not loaded, GraphOptions.)
+  const Payload from_source = !g.source_entry                                ? Payload::any
+                              : g.source_entry->schema.produces != Payload::any ? g.source_entry->schema.produces
+                                                                                : Payload::bytes;
   std::vector<Payload> out(g.nodes.size(), Payload::any);
   std::vector<const NodeSpec*> random_up(g.nodes.size(), nullptr);  // a random node upstream
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     const NodeSpec& n = g.nodes[i];
+    if (!n.entry) {  // a stage from a plugin that was not loaded: no contract to check
+      for (int in : n.inputs)
+        if (!random_up[i]) random_up[i] = random_up[static_cast<size_t>(in)];
+      continue;
+    }
     const StageSchema& s = n.entry->schema;
     const std::vector<int> consumers = g.consumers(static_cast<int>(i));
     if (s.kind == StageKind::sink && !consumers.empty())
@@ -485,14 +526,15 @@ void check_topology(const GraphSpec& g, const std::vector<Edge>& edges,
 
 }  // namespace
 
-std::vector<std::string> graph_plugins(const std::string& path) {
-  std::vector<std::string> out;
+std::vector<GraphPlugin> graph_plugins(const std::string& path) {
+  std::vector<GraphPlugin> out;
   try {
     YAML::Node doc = YAML::LoadFile(path);
     const std::string dir = fs::path(path).parent_path().string();
     if (doc.IsMap() && doc["plugins"] && doc["plugins"].IsSequence())
       for (const auto& p : doc["plugins"])
-        if (p.IsScalar()) out.push_back(resolve_path(p.Scalar(), dir.empty() ? "." : dir));
+        if (p.IsScalar())
+          out.push_back({p.Scalar(), resolve_path(p.Scalar(), dir.empty() ? "." : dir), p.Mark().line + 1, p.Mark().column + 1});
   } catch (const YAML::Exception&) {
     // The full parse reports syntax errors with positions.
   }
@@ -517,7 +559,7 @@ void check_top_keys(const YAML::Node& doc, Diagnostics& diag) {
 }
 
 // `data:` -> the source and its params.
-void parse_data(const YAML::Node& doc, const Registry& registry, GraphSpec& g, Diagnostics& diag) {
+void parse_data(const YAML::Node& doc, const Registry& registry, bool lenient, GraphSpec& g, Diagnostics& diag) {
   const YAML::Node data = doc["data"];
   if (!data) diag.error(doc, "missing 'data' (the source of samples)");
   else if (!data.IsMap()) diag.error(data, "data", fmt::format("'data' must be a map, got {}", yaml_kind(data)));
@@ -526,7 +568,10 @@ void parse_data(const YAML::Node& doc, const Registry& registry, GraphSpec& g, D
     const YAML::Node src = data["source"];
     g.source = src.IsScalar() ? src.Scalar() : "";
     const StageEntry* e = registry.find(g.source);
-    if (!e || e->schema.kind != StageKind::source) {
+    if (!e && lenient) {
+      diag.warning(src, fmt::format("source '{}' is unknown but may come from the graph's plugins, which were not "
+                                    "loaded: its parameters are not checked", g.source));
+    } else if (!e || e->schema.kind != StageKind::source) {
       std::vector<std::string> sources;
       for (const StageEntry* s : registry.all())
         if (s->schema.kind == StageKind::source) sources.push_back(s->schema.name);
@@ -538,13 +583,34 @@ void parse_data(const YAML::Node& doc, const Registry& registry, GraphSpec& g, D
     } else {
       g.source_entry = e;
       g.source_params = parse_params(e->schema, data, "data", diag, {"source"});
+      resolve_path_params(e->schema, g.source_params, g.dir);
     }
   }
 
 }
 
+// A name as a diagnostic shows it: control characters escaped, cut after 60 bytes, so that
+// the diagnostic stays one readable line.
+std::string shown(const std::string& name) {
+  std::string out;
+  for (unsigned char c : name.substr(0, 60))
+    out += c < 0x20 || c == 0x7f ? fmt::format("\\x{:02x}", c) : std::string(1, static_cast<char>(c));
+  return name.size() > 60 ? out + "..." : out;
+}
+
+// Node names become file names in the run directory (checkpoint/<node>/, <node>.pt, a
+// preview's <node>-epoch<E>.png): refuse those that are not plain names. (The path layer,
+// safe_file_name(), repairs names too: a second line of defence for callers that skip this.)
+void check_node_name(const YAML::Node& key, const std::string& path, Diagnostics& diag) {
+  const std::string& name = key.Scalar();
+  const std::string why = file_name_problem(name, kMaxNodeName);
+  if (!why.empty())
+    diag.error(key, path, fmt::format("node name '{}' {}: node names become file names in the run directory, so "
+                                      "they must be plain names", shown(name), why));
+}
+
 // `nodes:` -> one NodeSpec per entry, in file order; `node_keys` maps names to their keys.
-std::vector<NodeSpec> parse_nodes(const YAML::Node& doc, const Registry& registry,
+std::vector<NodeSpec> parse_nodes(const YAML::Node& doc, const Registry& registry, bool lenient,
                                   std::map<std::string, YAML::Node>& node_keys, Diagnostics& diag) {
   const YAML::Node nodes = doc["nodes"];
   std::vector<NodeSpec> declared;
@@ -565,6 +631,7 @@ std::vector<NodeSpec> parse_nodes(const YAML::Node& doc, const Registry& registr
         continue;
       }
       node_keys[n.name] = kv.first;
+      check_node_name(kv.first, path, diag);
       const YAML::Node body = kv.second;
       if (!body.IsMap()) {
         diag.error(body.IsNull() ? kv.first : body, path,
@@ -580,7 +647,10 @@ std::vector<NodeSpec> parse_nodes(const YAML::Node& doc, const Registry& registr
       const YAML::Node st = body["stage"];
       n.stage = st.IsScalar() ? st.Scalar() : "";
       const StageEntry* e = registry.find(n.stage);
-      if (!e || e->schema.kind == StageKind::source) {
+      if (!e && lenient) {
+        diag.warning(st, fmt::format("stage '{}' in node '{}' is unknown but may come from the graph's plugins, which "
+                                     "were not loaded: its parameters and connections are not checked", n.stage, n.name));
+      } else if (!e || e->schema.kind == StageKind::source) {
         std::vector<std::string> stages;
         for (const StageEntry* s : registry.all())
           if (s->schema.kind != StageKind::source) stages.push_back(s->schema.name);
@@ -601,37 +671,124 @@ std::vector<NodeSpec> parse_nodes(const YAML::Node& doc, const Registry& registr
 }
 
 // `train:` -> epochs, batch, seed, in_flight (checked like stage params).
+// Parameters of a `train:` block (or one of its sub-blocks) against `schema`, with messages
+// that name the block ("in 'train.early_stopping'") rather than a stage.
+Params parse_block(const StageSchema& schema, const YAML::Node& node, const std::string& path,
+                   const std::vector<std::string>& overrides, const std::set<std::string>& skip, Diagnostics& diag,
+                   bool& ok) {
+  Diagnostics local(diag.file());
+  local.set_overrides(overrides);
+  Params p = parse_params(schema, node, path, local, skip);
+  const std::string owner = fmt::format("stage '{}'", schema.name);
+  for (const Diagnostic& d : local.items()) {
+    std::string msg = d.message;
+    for (const char* join : {" for ", " of "})
+      if (const auto pos = msg.find(join + owner); pos != std::string::npos)
+        msg.replace(pos, std::strlen(join) + owner.size(), fmt::format(" in '{}'", path));
+    diag.error_in(d.file, d.line, d.col, msg);
+  }
+  ok = local.ok();
+  return p;
+}
+
+StageSchema block_schema(const std::string& path, std::vector<ParamSpec> params) {
+  StageSchema s;
+  s.name = path;
+  s.params = std::move(params);
+  return s;
+}
+
+ParamSpec monitor_param(const char* def) {
+  return {"monitor", ParamType::string, "", ParamValue{std::string(def)}, std::nullopt, std::nullopt, {"val_loss", "val_acc"}, -1};
+}
+ParamSpec mode_param() {
+  return {"mode", ParamType::string, "", ParamValue{std::string("auto")}, std::nullopt, std::nullopt, {"auto", "min", "max"}, -1};
+}
+
+// monitor + mode (auto: accuracy up, loss down), as Keras reads them.
+MonitorRule monitor_rule(const Params& p) {
+  MonitorRule r;
+  r.metric = p.string("monitor") == "val_acc" ? Monitor::val_acc : Monitor::val_loss;
+  const std::string& mode = p.string("mode");
+  r.maximize = mode == "auto" ? r.metric == Monitor::val_acc : mode == "max";
+  return r;
+}
+
+// A train sub-block that must be a map: returns it, or a null node after a diagnostic.
+YAML::Node sub_block(const YAML::Node& train, const char* key, Diagnostics& diag) {
+  const YAML::Node b = train[key];
+  if (b && !b.IsMap()) {
+    diag.error(b, fmt::format("train.{}", key), fmt::format("'train.{}' must be a map, got {}", key, yaml_kind(b)));
+    return YAML::Node();
+  }
+  return b;
+}
+
+void parse_early_stopping(const YAML::Node& b, const std::vector<std::string>& overrides, TrainSpec& t, Diagnostics& diag) {
+  bool ok = false;
+  const Params p = parse_block(block_schema("train.early_stopping",
+                                            {monitor_param("val_loss"), mode_param(),
+                                             {"patience", ParamType::integer, "", ParamValue{int64_t{5}}, 1, 100000, {}, -1},
+                                             {"min_delta", ParamType::number, "", ParamValue{0.0}, 0, std::nullopt, {}, -1}}),
+                               b, "train.early_stopping", overrides, {}, diag, ok);
+  if (!ok) return;
+  t.early_stopping = {true, monitor_rule(p), static_cast<int>(p.integer("patience")), p.number("min_delta")};
+}
+
+void parse_checkpoint(const YAML::Node& b, const std::vector<std::string>& overrides, TrainSpec& t, Diagnostics& diag) {
+  bool ok = false;
+  const Params p = parse_block(block_schema("train.checkpoint", {monitor_param("val_acc"), mode_param()}), b,
+                               "train.checkpoint", overrides, {}, diag, ok);
+  if (ok) t.best = monitor_rule(p);
+}
+
+void parse_lr_schedule(const YAML::Node& b, const std::vector<std::string>& overrides, TrainSpec& t, Diagnostics& diag) {
+  bool ok = false;
+  const Params p = parse_block(
+      block_schema("train.lr_schedule",
+                   {{"kind", ParamType::string, "", std::nullopt, std::nullopt, std::nullopt, {"step", "cosine", "plateau"}, -1},
+                    {"step_size", ParamType::integer, "", ParamValue{int64_t{10}}, 1, 100000, {}, -1},
+                    {"gamma", ParamType::number, "", ParamValue{0.1}, 0, 1, {}, -1},
+                    {"min_lr", ParamType::number, "", ParamValue{0.0}, 0, std::nullopt, {}, -1},
+                    {"patience", ParamType::integer, "", ParamValue{int64_t{3}}, 1, 100000, {}, -1},
+                    {"factor", ParamType::number, "", ParamValue{0.1}, 0, 1, {}, -1},
+                    monitor_param("val_loss"), mode_param()}),
+      b, "train.lr_schedule", overrides, {}, diag, ok);
+  if (!ok) return;
+  LrSchedule& s = t.lr_schedule;
+  const std::string& kind = p.string("kind");
+  s.kind = kind == "step" ? LrSchedule::Kind::step : kind == "cosine" ? LrSchedule::Kind::cosine : LrSchedule::Kind::plateau;
+  s.step_size = static_cast<int>(p.integer("step_size"));
+  s.gamma = p.number("gamma");
+  s.min_lr = p.number("min_lr");
+  s.patience = static_cast<int>(p.integer("patience"));
+  s.factor = p.number("factor");
+  s.rule = monitor_rule(p);
+}
+
 void parse_train(const YAML::Node& doc, const std::vector<std::string>& overrides, GraphSpec& g, Diagnostics& diag) {
   const YAML::Node train = doc["train"];
-  if (train) {
-    if (!train.IsMap()) diag.error(train, "train", fmt::format("'train' must be a map, got {}", yaml_kind(train)));
-    else {
-      StageSchema ts;
-      ts.name = "train";
-      ts.param({"epochs", ParamType::integer, "", ParamValue{int64_t{10}}, 1, 100000, {}, -1});
-      ts.param({"batch", ParamType::integer, "", ParamValue{int64_t{20}}, 1, 1 << 20, {}, -1});
-      ts.param({"seed", ParamType::integer, "", ParamValue{int64_t{1}}, 0, std::nullopt, {}, -1});
-      ts.param({"in_flight", ParamType::integer, "", ParamValue{int64_t{256}}, 1, 1 << 24, {}, -1});
-      Diagnostics local(diag.file());
-      local.set_overrides(overrides);
-      Params p = parse_params(ts, train, "train", local, {});
-      for (const Diagnostic& d : local.items()) {
-        std::string msg = d.message;
-        const auto pos = msg.find(" for stage 'train'");
-        if (pos != std::string::npos) msg.replace(pos, 18, " in 'train'");
-        const auto pos2 = msg.find(" of stage 'train'");
-        if (pos2 != std::string::npos) msg.replace(pos2, 17, " in 'train'");
-        diag.error_in(d.file, d.line, d.col, msg);
-      }
-      if (local.ok()) {
-        g.train.epochs = static_cast<int>(p.integer("epochs"));
-        g.train.batch = static_cast<int>(p.integer("batch"));
-        g.train.seed = static_cast<uint64_t>(p.integer("seed"));
-        g.train.in_flight = static_cast<int>(p.integer("in_flight"));
-      }
-    }
+  if (!train) return;
+  if (!train.IsMap()) {
+    diag.error(train, "train", fmt::format("'train' must be a map, got {}", yaml_kind(train)));
+    return;
   }
-
+  const StageSchema ts = block_schema(
+      "train", {{"epochs", ParamType::integer, "", ParamValue{int64_t{10}}, 1, 100000, {}, -1},
+                {"batch", ParamType::integer, "", ParamValue{int64_t{20}}, 1, 1 << 20, {}, -1},
+                {"seed", ParamType::integer, "", ParamValue{int64_t{1}}, 0, std::nullopt, {}, -1},
+                {"in_flight", ParamType::integer, "", ParamValue{int64_t{256}}, 1, 1 << 24, {}, -1}});
+  bool ok = false;
+  const Params p = parse_block(ts, train, "train", overrides, {"early_stopping", "checkpoint", "lr_schedule"}, diag, ok);
+  if (ok) {
+    g.train.epochs = static_cast<int>(p.integer("epochs"));
+    g.train.batch = static_cast<int>(p.integer("batch"));
+    g.train.seed = static_cast<uint64_t>(p.integer("seed"));
+    g.train.in_flight = static_cast<int>(p.integer("in_flight"));
+  }
+  if (const YAML::Node b = sub_block(train, "early_stopping", diag)) parse_early_stopping(b, overrides, g.train, diag);
+  if (const YAML::Node b = sub_block(train, "checkpoint", diag)) parse_checkpoint(b, overrides, g.train, diag);
+  if (const YAML::Node b = sub_block(train, "lr_schedule", diag)) parse_lr_schedule(b, overrides, g.train, diag);
 }
 
 // `on_error:`, `plugins:`, `output:`.
@@ -673,6 +830,43 @@ void parse_run_options(const YAML::Node& doc, GraphSpec& g, Diagnostics& diag) {
 }
 
 // The resolved document: overrides applied and every default spelled out.
+void put_rule(YAML::Node& m, const MonitorRule& r) {
+  m["monitor"] = r.metric == Monitor::val_acc ? "val_acc" : "val_loss";
+  m["mode"] = r.maximize ? "max" : "min";
+}
+
+// The train sub-blocks a graph sets (defaults are left out: most graphs set none).
+void put_controls(YAML::Node& t, const TrainSpec& train) {
+  if (train.best.metric != Monitor::val_acc || !train.best.maximize) {
+    YAML::Node c(YAML::NodeType::Map);
+    put_rule(c, train.best);
+    t["checkpoint"] = c;
+  }
+  if (const EarlyStopping& e = train.early_stopping; e.enabled) {
+    YAML::Node c(YAML::NodeType::Map);
+    put_rule(c, e.rule);
+    c["patience"] = e.patience;
+    c["min_delta"] = e.min_delta;
+    t["early_stopping"] = c;
+  }
+  if (const LrSchedule& s = train.lr_schedule; s.kind != LrSchedule::Kind::none) {
+    YAML::Node c(YAML::NodeType::Map);
+    const char* kinds[] = {"none", "step", "cosine", "plateau"};
+    c["kind"] = kinds[static_cast<int>(s.kind)];
+    if (s.kind == LrSchedule::Kind::step) {
+      c["step_size"] = s.step_size;
+      c["gamma"] = s.gamma;
+    }
+    if (s.kind != LrSchedule::Kind::step) c["min_lr"] = s.min_lr;
+    if (s.kind == LrSchedule::Kind::plateau) {
+      c["patience"] = s.patience;
+      c["factor"] = s.factor;
+      put_rule(c, s.rule);
+    }
+    t["lr_schedule"] = c;
+  }
+}
+
 YAML::Node resolved_document(const GraphSpec& g) {
   YAML::Node r(YAML::NodeType::Map);
   YAML::Node d(YAML::NodeType::Map);
@@ -706,6 +900,7 @@ YAML::Node resolved_document(const GraphSpec& g) {
   t["batch"] = g.train.batch;
   t["seed"] = g.train.seed;
   t["in_flight"] = g.train.in_flight;
+  put_controls(t, g.train);
   r["train"] = t;
   r["on_error"] = g.on_error == OnError::skip ? "skip" : "fail";
   if (!g.plugins.empty()) r["plugins"] = g.plugins;
@@ -717,12 +912,15 @@ YAML::Node resolved_document(const GraphSpec& g) {
 
 GraphSpec parse_graph(const std::string& text, const std::string& file,
                       const std::vector<std::string>& overrides, const Registry& registry,
-                      Diagnostics& diag) {
+                      Diagnostics& diag, const GraphOptions& options) {
   GraphSpec g;
   g.file = file;
   g.name = fs::path(file).stem().string();
-  g.dir = fs::path(file).parent_path().string();
-  if (g.dir.empty()) g.dir = ".";
+  // Absolute, so that paths resolved against it stay right wherever the run's graph.yaml
+  // is read from.
+  const fs::path parent = fs::path(file).parent_path();
+  g.dir = (parent.empty() ? fs::current_path() : fs::absolute(parent)).lexically_normal().string();
+  if (g.dir.size() > 1 && g.dir.back() == '/') g.dir.pop_back();
   diag.set_overrides(overrides);
 
   YAML::Node doc;
@@ -746,10 +944,14 @@ GraphSpec parse_graph(const std::string& text, const std::string& file,
     if (!apply_override(doc, o, diag)) return g;
 
   check_top_keys(doc, diag);
-  parse_data(doc, registry, g, diag);
+  const YAML::Node plugins = doc["plugins"];
+  const bool lenient = !options.plugins_loaded && plugins && plugins.IsSequence() && plugins.size() > 0;
+  parse_data(doc, registry, lenient, g, diag);
   std::map<std::string, YAML::Node> node_keys;
   const YAML::Node nodes = doc["nodes"];
-  const std::vector<NodeSpec> declared = parse_nodes(doc, registry, node_keys, diag);
+  std::vector<NodeSpec> declared = parse_nodes(doc, registry, lenient, node_keys, diag);
+  for (NodeSpec& n : declared)
+    if (n.entry) resolve_path_params(n.entry->schema, n.params, g.dir);
   std::map<std::string, EdgeRef> first_ref;
   std::vector<Edge> edges;
   if (read_edges(doc, nodes, node_keys, declared.size(), diag, &edges, &first_ref) && !declared.empty()) {
@@ -758,12 +960,13 @@ GraphSpec parse_graph(const std::string& text, const std::string& file,
   }
   parse_train(doc, overrides, g, diag);
   parse_run_options(doc, g, diag);
+  if (options.check_files) check_input_files(doc, g, declared, diag);
   if (diag.ok()) g.resolved = resolved_document(g);
   return g;
 }
 
 GraphSpec load_graph(const std::string& path, const std::vector<std::string>& overrides,
-                     const Registry& registry, Diagnostics& diag) {
+                     const Registry& registry, Diagnostics& diag, const GraphOptions& options) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     diag.error_in(path, 0, 0, "cannot open graph file");
@@ -773,7 +976,7 @@ GraphSpec load_graph(const std::string& path, const std::vector<std::string>& ov
   }
   std::stringstream ss;
   ss << in.rdbuf();
-  return parse_graph(ss.str(), path, overrides, registry, diag);
+  return parse_graph(ss.str(), path, overrides, registry, diag, options);
 }
 
 }  // namespace pipeline

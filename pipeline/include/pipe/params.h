@@ -27,6 +27,12 @@ struct ParamSpec {
   std::optional<double> min, max;           // numbers, and each element of numeric lists
   std::vector<std::string> choices;         // strings (and each element of string lists)
   int list_size = -1;                       // exact list length when >= 0
+  // A file or directory: a relative value is resolved against the graph file's directory
+  // when the graph is loaded (resolve_path), so stages, cache keys and the run's saved
+  // graph.yaml all see the absolute path. "" and "builtin:NAME" values are kept as given.
+  bool path = false;
+  // A path that must exist before a run (data, weights): `pipe validate` and `pipe run` check.
+  bool must_exist = false;
 };
 
 // Validated parameter values of one node. Getters throw std::logic_error on a name or type

@@ -110,6 +110,15 @@ class Param {
     return p;
   }
 
+  // Strings: a file or directory (ParamSpec::path); `must_exist` for inputs (data, weights).
+  Param path(bool must_exist = false) const {
+    static_assert(std::is_same_v<T, std::string>, "path applies to strings");
+    Param p = *this;
+    p.spec_.path = true;
+    p.spec_.must_exist = must_exist;
+    return p;
+  }
+
   const ParamSpec& spec() const { return spec_; }
   const std::string& name() const { return spec_.name; }
   // The validated value (Params::get calls this).

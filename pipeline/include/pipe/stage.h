@@ -151,6 +151,35 @@ class SinkStage : public Stage {
   virtual bool reports_metrics() const { return true; }
 };
 
+// One node on the evaluation path into a sink (ModelExport::export_model).
+struct PathStep {
+  std::string node, stage;
+  const Params* params = nullptr;
+  const Stage* impl = nullptr;
+};
+
+// A sink that can write what it learned, with everything upstream of it, as one model file.
+// A separate interface (the runner asks with dynamic_cast) so that plugins built before it
+// existed keep their vtable layout.
+class ModelExport {
+ public:
+  virtual ~ModelExport() = default;
+  // Writes `file`, a self-contained model (TorchScript) of what happens to an image at
+  // evaluation time: the nodes of `upstream` (source side first, random stages left out as in
+  // evaluation) and then this sink, with its best-epoch weights. Called after the test pass.
+  // Returns "" when written, else why this path has no model form (the run goes on).
+  virtual std::string export_model(const std::vector<PathStep>& upstream, const std::string& file) = 0;
+};
+
+// A sink whose optimizer has a learning rate the run schedules (train.lr_schedule). A
+// separate interface for the same reason as ModelExport.
+class LearningRate {
+ public:
+  virtual ~LearningRate() = default;
+  virtual double configured_lr() const = 0;  // what the graph gave
+  virtual void set_lr(double lr) = 0;        // for the coming epoch
+};
+
 // The one rule for paths in graphs (data, weights, outputs, cache dirs, plugins): "~" and
 // "~/..." are the user's home ($HOME, else the password database), an absolute path stays, a
 // relative one is taken from `base_dir` (the graph file's directory); the result is
