@@ -4,6 +4,7 @@
 #
 #   bash scripts/dev.sh run  [pipe run options]   # build, then pipe run graphs/cached.yaml
 #   bash scripts/dev.sh test [ctest options]      # build, then the whole test suite
+#   bash scripts/dev.sh regimes-full              # build, then both regimes at their defaults vs the README (~2 min)
 #   bash scripts/dev.sh build
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +34,9 @@ install_missing dev.sh "${PACKAGES[@]}"
 build
 case "$cmd" in
   run) exec ./build/pipe run graphs/cached.yaml "$@" ;;
-  test) cd build && exec ctest -j 2 --output-on-failure --timeout 900 "$@" ;;
+  # regimes-full (both regimes at their defaults, minutes) is opt-in: its own command.
+  test) cd build && exec ctest -j 2 --output-on-failure --timeout 900 -LE regimes-full "$@" ;;
+  regimes-full) cd build && exec ctest --output-on-failure -L regimes-full "$@" ;;
   build) ;;
-  *) echo "usage: bash scripts/dev.sh run|test|build" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/dev.sh run|test|regimes-full|build" >&2; exit 2 ;;
 esac

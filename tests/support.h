@@ -5,6 +5,8 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <thread>
 
@@ -96,6 +98,7 @@ class RecordSink : public SinkStage {
   ~RecordSink() override { last_seen() = seen; }
   void begin_epoch(Split, int) override { sum_ = 0; hits_ = 0; n_ = 0; }
   void consume(Batch& b) override {
+    if (on_consume) on_consume(b);
     if (sleep_us_ > 0) std::this_thread::sleep_for(std::chrono::microseconds(sleep_us_));
     std::lock_guard<std::mutex> lock(mu);
     for (const Sample& s : b.samples) {
@@ -110,6 +113,9 @@ class RecordSink : public SinkStage {
   SplitMetrics end_epoch() override {
     return {n_ ? sum_ / static_cast<double>(n_) : 0, n_ ? static_cast<double>(hits_) / static_cast<double>(n_) : 0, n_};
   }
+  // Called first in consume(), outside the lock: a test holds the sink here (a latch) to
+  // fill the pass up to its limit, or records what has arrived.
+  std::function<void(const Batch&)> on_consume;
   std::mutex mu;
   std::vector<Seen> seen;
   std::vector<size_t> batches;
@@ -119,6 +125,22 @@ class RecordSink : public SinkStage {
   int64_t sleep_us_;
   double sum_ = 0;
   int64_t hits_ = 0, n_ = 0;
+};
+
+// Holds a test stage until a condition (a latch, no sleeps): wait(ready) returns when
+// ready() is true after a notify(). A condition that never comes would hang the test: after
+// 120 s wait() gives up and returns false, which the test checks.
+struct Latch {
+  std::mutex mu;
+  std::condition_variable cv;
+  void notify() {
+    std::lock_guard<std::mutex> lock(mu);
+    cv.notify_all();
+  }
+  bool wait(const std::function<bool()>& ready) {
+    std::unique_lock<std::mutex> lock(mu);
+    return cv.wait_for(lock, std::chrono::seconds(120), ready);
+  }
 };
 
 class TestCache : public Stage {};

@@ -1,5 +1,6 @@
 // convbase (and train_base, which writes the weights convbase reads): feature shapes,
-// batch-composition independence, weights files, fingerprints and error messages.
+// batch-composition independence, weights files, fingerprints and error messages, and golden
+// features of the shipped base on fixed Fashion-MNIST images.
 // No torch include: the stages are driven through pipe's own API only.
 #include <catch2/catch.hpp>
 
@@ -8,8 +9,10 @@
 #include <fstream>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <opencv2/core.hpp>
 
+#include "pipe/rng.h"
 #include "pipe/stage.h"
 #include "pipe/testing.h"
 #include "torch_runtime.h"
@@ -218,4 +221,84 @@ TEST_CASE("convbase: weights files, fingerprints and errors", "[convbase]") {
     }
     CHECK(torch_runtime_info().find("LibTorch") != std::string::npos);
   }
+}
+
+namespace {
+
+// One image's features in a few numbers: their sum and L2 norm, the largest value and where
+// it is, and the first and last values.
+struct Golden {
+  std::string origin;  // which Fashion-MNIST image (file index: the source's selection)
+  double sum, norm, max;
+  int64_t argmax;
+  double v0, v2047;
+};
+
+// Recorded with the shipped models/small_vgg_fmnist.pt (LibTorch 1.13 CPU). The tolerance,
+// 1e-4 relative (+1e-5 absolute for single values), is far above float32 rounding and the
+// last-ulp differences between BLAS kernels, threads or CPUs, and far below what any change
+// to the input chain (selection, decode, resize, rescale) or the base's weights and layers
+// does to these numbers.
+const std::vector<Golden> kGolden = {
+    {"fashion-mnist:t10k-images-idx3-ubyte.gz#6924", 1376.0209, 46.4365712, 5.24311066, 212, 0.348537773, 0.156334937},
+    {"fashion-mnist:t10k-images-idx3-ubyte.gz#9797", 1417.22864, 51.3798473, 5.36555004, 729, 0, 0.160119981},
+    {"fashion-mnist:t10k-images-idx3-ubyte.gz#9140", 1433.08533, 49.098962, 3.97136426, 1322, 0.462963045, 0.297391295},
+    {"fashion-mnist:t10k-images-idx3-ubyte.gz#8035", 1294.94603, 48.8743474, 5.36085463, 1526, 0.239185676, 1.13576496},
+    {"fashion-mnist:t10k-images-idx3-ubyte.gz#5031", 1543.21359, 53.6044465, 5.68948746, 212, 0.637664676, 0.120638691},
+    {"fashion-mnist:t10k-images-idx3-ubyte.gz#761", 1581.41781, 60.4281663, 7.04938698, 254, 0.108458214, 2.98719907},
+};
+
+bool close(double got, double want, double abs_tol) { return std::fabs(got - want) <= 1e-4 * std::fabs(want) + abs_tol; }
+
+}  // namespace
+
+TEST_CASE("convbase with the shipped weights: golden features of fixed Fashion-MNIST test images", "[convbase]") {
+  torch_set_threads(2);
+  // The cached regime's chain: fashion_mnist (shirt vs t-shirt; 3 test images per class) ->
+  // decode to 32x32 RGB -> small_vgg with models/small_vgg_fmnist.pt, default normalization.
+  auto source = testing::make_source("{source: fashion_mnist, classes: [shirt, t-shirt], per_class: [1, 1, 3]}");
+  auto decode = testing::make<MapStage>("{stage: decode, size: [32, 32]}");
+  auto base = testing::make<BatchStage>("{stage: convbase, model: 'builtin:small_vgg', weights: models/small_vgg_fmnist.pt}",
+                                        "features", 1, PIPE_SOURCE_DIR);
+  REQUIRE(source->size(Split::test) == 6);
+  Batch b;
+  Rng rng(0, 0, 0, 0, 0);
+  for (int64_t i = 0; i < 6; ++i) {
+    Sample s = source->describe(Split::test, i);
+    source->load(s);
+    decode->process(s, rng);
+    b.samples.push_back(s);
+  }
+  base->process(b);
+  std::string table;
+  bool all_close = b.samples.size() == kGolden.size();
+  for (size_t i = 0; i < b.samples.size(); ++i) {
+    const Tensor& f = b.samples[i].features;
+    REQUIRE(f.numel() == 2048);
+    double sum = 0, sq = 0;
+    int64_t argmax = 0;
+    for (int64_t k = 0; k < f.numel(); ++k) {
+      sum += f.ptr()[k];
+      sq += double(f.ptr()[k]) * f.ptr()[k];
+      if (f.ptr()[k] > f.ptr()[argmax]) argmax = k;
+    }
+    const Golden got{b.samples[i].origin, sum, std::sqrt(sq), f.ptr()[argmax], argmax, f.ptr()[0], f.ptr()[2047]};
+    table += fmt::format("    {{\"{}\", {:.9g}, {:.9g}, {:.9g}, {}, {:.9g}, {:.9g}}},\n", got.origin, got.sum, got.norm,
+                         got.max, got.argmax, got.v0, got.v2047);
+    if (i >= kGolden.size()) continue;
+    const Golden& want = kGolden[i];
+    INFO("image " << i << " " << got.origin);
+    CHECK(got.origin == want.origin);
+    CHECK(close(got.sum, want.sum, 0));
+    CHECK(close(got.norm, want.norm, 0));
+    CHECK(close(got.max, want.max, 0));
+    // The largest value is where it was (compared by value there: robust to a near-tie).
+    REQUIRE(want.argmax < f.numel());
+    CHECK(close(f.ptr()[want.argmax], want.max, 0));
+    CHECK(close(got.v0, want.v0, 1e-5));
+    CHECK(close(got.v2047, want.v2047, 1e-5));
+    all_close &= got.origin == want.origin && close(got.sum, want.sum, 0) && close(got.norm, want.norm, 0);
+  }
+  INFO("measured (kGolden):\n" << table);
+  CHECK(all_close);
 }

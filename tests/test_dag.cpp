@@ -265,7 +265,7 @@ TEST_CASE("a warm cache never changes a result") {
   }
 }
 
-TEST_CASE("one limiter bounds every branch: a slow sink holds the fast branch back") {
+TEST_CASE("one limiter bounds every branch: a held sink holds the fast branch back") {
   test::register_test_stages();
   const auto params = [](std::vector<std::pair<std::string, ParamValue>> kv) {
     Params p;
@@ -273,9 +273,9 @@ TEST_CASE("one limiter bounds every branch: a slow sink holds the fast branch ba
     return p;
   };
   test::CountSource src(params({{"n", int64_t{400}}}));
-  test::NoiseStage noise(params({{"amp", 0.1}, {"sleep_us", int64_t{300}}, {"fail_on", int64_t{-1}},
+  test::NoiseStage noise(params({{"amp", 0.1}, {"sleep_us", int64_t{0}}, {"fail_on", int64_t{-1}},
                                  {"bad", std::vector<int64_t>{}}}));
-  test::RecordSink slow(params({{"sleep_us", int64_t{3000}}}));
+  test::RecordSink slow(params({{"sleep_us", int64_t{0}}}));
   test::DoubleBatch dbl(params({{"batch", int64_t{8}}}));
   test::RecordSink fast(params({{"sleep_us", int64_t{0}}}));
   PassSpec p;
@@ -295,10 +295,22 @@ TEST_CASE("one limiter bounds every branch: a slow sink holds the fast branch ba
   load.fn = [&](Sample& s) { src.load(s); };
   p.nodes = {load, node("noise", StageKind::map, &noise, {0}), node("slow", StageKind::sink, &slow, {1}),
              node("dbl", StageKind::batch_map, &dbl, {1}), node("fast", StageKind::sink, &fast, {3})};
+  // The cap: in_flight, raised to twice what partial batches can hold (4 + 8 + 4) plus 2.
+  const int64_t cap = 34;
   std::atomic<int64_t> peak{0};
+  test::Latch latch;
   p.on_admit = [&](int64_t n) {
     for (int64_t cur = peak.load(); n > cur && !peak.compare_exchange_weak(cur, n);) {
     }
+    latch.notify();
+  };
+  // The slow sink holds its first batch (and with it the serial tail) until the pass has
+  // admitted all it may: only the limiter can stop admission there, for both branches.
+  bool first = true, filled = false;
+  slow.on_consume = [&](const Batch&) {
+    if (!first) return;
+    first = false;
+    filled = latch.wait([&] { return peak.load() >= cap; });
   };
   slow.begin_epoch(Split::train, 1);
   fast.begin_epoch(Split::train, 1);
@@ -307,9 +319,8 @@ TEST_CASE("one limiter bounds every branch: a slow sink holds the fast branch ba
   CHECK(r.consumed == 400);
   CHECK(slow.consumed == 400);
   CHECK(fast.consumed == 400);
-  // The cap: in_flight, raised to twice what partial batches can hold (4 + 8 + 4) plus 2.
-  CHECK(peak.load() <= 34);
-  CHECK(peak.load() >= 20);  // the limiter, not the feed, is what stopped admission
+  CHECK(filled);
+  CHECK(peak.load() == cap);
   for (size_t i = 0; i < 400; ++i) {
     CHECK(slow.seen[i].id == static_cast<int64_t>(i));
     CHECK(fast.seen[i].id == static_cast<int64_t>(i));

@@ -1,11 +1,14 @@
 // The two regime graphs end to end on a small slice of Fashion-MNIST with a random-init
 // base: the cache cut, fingerprints that miss on change, thread-count determinism, and the
-// run directory.
+// run directory. Opt-in (label regimes-full): both at their defaults against the README.
 #include <catch2/catch.hpp>
 
 #include <cstdlib>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <regex>
+#include <sstream>
 
 #include <unistd.h>
 
@@ -137,4 +140,68 @@ TEST_CASE("augmented regime: identical metrics at 1 and 2 threads, evaluation fe
                                                  "nodes.augment.height_shift=0", "nodes.augment.shear=0",
                                                  "nodes.augment.zoom=0", "nodes.augment.horizontal_flip=false"}, 2);
   CHECK(metrics(plain) != metrics(two));
+}
+
+namespace {
+
+// The README's measured row for a graph: final and best validation accuracy, test accuracy
+// (the first percentage of each column), in [0, 1].
+struct Readme {
+  double val = -1, best = -1, test = -1;
+};
+
+Readme readme_row(const std::string& graph) {
+  std::ifstream in(std::string(PIPE_SOURCE_DIR) + "/README.md");
+  const std::regex pct("([0-9]+\\.[0-9]+)%");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("| `graphs/" + graph + "`", 0) != 0) continue;
+    std::vector<double> cols;  // first percentage of each column that has one
+    std::stringstream cells(line);
+    for (std::string cell; std::getline(cells, cell, '|');) {
+      std::smatch m;
+      for (auto it = cell.cbegin(); std::regex_search(it, cell.cend(), m, pct); it = m[0].second)
+        cols.push_back(std::stod(m[1]) / 100);
+    }
+    // "87.4% / 88.0% | 86.7% (86.9% ...)": final, best, test, and any note after it.
+    if (cols.size() >= 3) return {cols[0], cols[1], cols[2]};
+  }
+  FAIL("README.md has no measured row for graphs/" << graph);
+  return {};
+}
+
+}  // namespace
+
+// Opt-in (ctest -L regimes-full; not in the default suite, see tests/CMakeLists.txt): both
+// regimes at their defaults (2,000 training images, 30 epochs, the shipped base), on a cold
+// cache, against the numbers the README states. Runs are deterministic on one machine; across
+// machines BLAS kernels differ in the last bits, which moved the cached test accuracy by 0.2
+// points between two machines (README), and the last epoch's validation accuracy moves most
+// (regime B's measured 86.0% here against the README's 84.5%, same best epoch value).
+// Tolerance: 2 points (20 of 1,000 images) on each accuracy, above that and well below what a
+// broken regime loses (a head on random features is at ~50%; no augmentation, or augmented
+// evaluation, moves regime B by several points).
+TEST_CASE("both regimes at their defaults reproduce the README's accuracies", "[.][regimes-full]") {
+  for (const std::string graph : {"cached.yaml", "augmented.yaml"}) {
+    INFO(graph);
+    TempDir cache("full-cache-" + graph);
+    setenv("PIPE_CACHE_DIR", cache.path.c_str(), 1);
+    Diagnostics diag(graph);
+    const GraphSpec g = load_graph(std::string(PIPE_SOURCE_DIR) + "/graphs/" + graph, {}, Registry::global(), diag);
+    REQUIRE(diag.str() == "");
+    RunConfig cfg;
+    cfg.threads = 2;
+    cfg.quiet = true;
+    cfg.write_outputs = false;
+    const RunResult r = run_graph(g, cfg);
+    REQUIRE(r.epochs.size() == 30);
+    const Readme want = readme_row(graph);
+    const double tol = 0.02 + 1e-9;
+    WARN(graph << " measured: final val " << r.epochs.back().validation.accuracy << ", best val " << r.best_val_acc
+               << ", test " << r.test.accuracy << " (README: " << want.val << ", " << want.best << ", " << want.test
+               << ")");
+    CHECK(std::abs(r.epochs.back().validation.accuracy - want.val) <= tol);
+    CHECK(std::abs(r.best_val_acc - want.best) <= tol);
+    CHECK(std::abs(r.test.accuracy - want.test) <= tol);
+    CHECK(r.test.count == 1000);
+  }
 }

@@ -33,7 +33,8 @@ set(expected
   "decode+augment 28px"
   "decode+augment 150px"
   "peak RSS, regime B"
-  "peak RSS, regime A")
+  "peak RSS, regime A"
+  "cache read resident memory")
 set(found "")
 math(EXPR last "${count} - 1")
 foreach(i RANGE ${last})

@@ -11,20 +11,23 @@
 
 namespace pipeline::fuzz {
 
-void graph_one(const Registry& registry, const uint8_t* data, size_t size) {
+GraphOutcome graph_one(const Registry& registry, const uint8_t* data, size_t size, const std::string& file) {
   const std::string text(reinterpret_cast<const char*>(data), size);
   std::vector<std::string> sets;
   if (text.rfind("# set: ", 0) == 0) sets.push_back(text.substr(7, text.find('\n') - 7));
-  Diagnostics diag("fuzz.yaml");
-  GraphSpec g = parse_graph(text, "fuzz.yaml", sets, registry, diag);
+  Diagnostics diag(file);
+  GraphSpec g = parse_graph(text, file, sets, registry, diag);
+  GraphOutcome out;
   // Render the diagnostics too: they format line/column and quote values.
-  const std::string report = diag.str();
-  if (diag.ok() && g.nodes.empty() && g.source.empty())
+  out.diagnostics = diag.str();
+  out.ok = diag.ok();
+  if (out.ok && g.nodes.empty() && g.source.empty())
     throw std::logic_error("parse_graph accepted a graph with no source and no nodes");
-  (void)report;
+  if (out.ok) out.resolved = YAML::Dump(g.resolved);
+  return out;
 }
 
-void decode_one(const Registry& registry, const uint8_t* data, size_t size) {
+DecodeOutcome decode_one(const Registry& registry, const uint8_t* data, size_t size) {
   const StageEntry* e = registry.find("decode");
   if (!e) throw std::logic_error("no decode stage in the registry");
   static const Params params = [&] {
@@ -43,14 +46,19 @@ void decode_one(const Registry& registry, const uint8_t* data, size_t size) {
   s.id = 0;
   s.bytes = std::make_shared<const std::vector<uint8_t>>(data, data + size);
   Rng rng(0, 0, 0, 0, 0);
+  DecodeOutcome out;
   try {
     map->process(s, rng);
-  } catch (const SampleError&) {
-    return;  // refused with a reason: what a bad file should get
+  } catch (const SampleError& e) {
+    out.refusal = e.what();  // refused with a reason: what a bad file should get
+    if (out.refusal.empty()) throw std::logic_error("decode refused a file without a reason");
+    return out;
   }
   if (s.image.rows != 32 || s.image.cols != 32 || s.image.type() != CV_8UC3 || !s.image.isContinuous())
     throw std::logic_error("decode produced an image that is not 32x32 continuous RGB");
   if (s.bytes) throw std::logic_error("decode kept the encoded bytes");
+  out.pixels.assign(s.image.data, s.image.data + s.image.total() * s.image.elemSize());
+  return out;
 }
 
 }  // namespace pipeline::fuzz

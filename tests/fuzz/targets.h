@@ -5,6 +5,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "pipe/registry.h"
 
@@ -13,15 +15,30 @@ namespace pipeline::fuzz {
 // YAML text -> parse_graph() against `registry`, all the way through validation. A first
 // line "# set: KEY=VALUE" is passed as a --set override (as in tests/data/bad_graphs).
 // Diagnostics are the expected outcome; anything else (a crash, an exception escaping
-// parse_graph, UB, a leak) is a finding.
-void graph_one(const Registry& registry, const uint8_t* data, size_t size);
+// parse_graph, UB, a leak) is a finding. `file` is the name the graph is parsed as (its
+// directory is where relative paths resolve). The outcome is for test_fuzz_regressions,
+// which holds each seed to what it is: a valid graph validates with no diagnostic at all
+// and resolves to the same document; a malformed one is refused.
+struct GraphOutcome {
+  std::string diagnostics;  // every diagnostic, rendered; "" when there were none
+  bool ok = false;          // no error (warnings allowed)
+  std::string resolved;     // YAML::Dump of the resolved document when ok
+};
+GraphOutcome graph_one(const Registry& registry, const uint8_t* data, size_t size,
+                       const std::string& file = "fuzz.yaml");
 
 // Bytes -> the decode stage's process() with default params except max_pixels = kMaxPixels.
 // SampleError is the expected failure; on success the image must be size x size RGB.
 // The pixel limit is what keeps a small file declaring huge dimensions from allocating
 // gigabytes, so libFuzzer's -rss_limit_mb/-malloc_limit_mb catch a bypass of it.
+// The outcome (for test_fuzz_regressions): the SampleError's message, or the decoded pixels
+// (32 x 32 x 3, row-major RGB) when there was none.
 constexpr int64_t kMaxPixels = 1 << 22;
-void decode_one(const Registry& registry, const uint8_t* data, size_t size);
+struct DecodeOutcome {
+  std::string refusal;
+  std::vector<uint8_t> pixels;
+};
+DecodeOutcome decode_one(const Registry& registry, const uint8_t* data, size_t size);
 
 // A hostile cache directory -> FeatureCache::open() -> everything the entry claims to hold.
 // The input is a manifest followed by a .npy file, split at the first "\x93NUMPY" (the npy
