@@ -21,6 +21,7 @@
 #include <opencv2/imgproc.hpp>
 #include <torch/script.h>
 
+#include "gunzip.h"
 #include "predict.h"
 #include "run_support.h"
 
@@ -29,17 +30,6 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
-
-std::vector<uint8_t> gunzip(const std::string& path) {
-  FILE* f = popen(("gzip -dc '" + path + "'").c_str(), "r");
-  REQUIRE(f != nullptr);
-  std::vector<uint8_t> out;
-  uint8_t buf[1 << 16];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.insert(out.end(), buf, buf + n);
-  REQUIRE(pclose(f) == 0);
-  return out;
-}
 
 // ROOT/{train,validation,test}/{shirt,t-shirt}/NNNN.png from the Fashion-MNIST test file
 // (labels 6 and 0), `per_split` images per class and split.

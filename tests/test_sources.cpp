@@ -11,6 +11,7 @@
 
 #include <opencv2/imgcodecs.hpp>
 
+#include "gunzip.h"
 #include "pipe/source.h"
 #include "pipe/stage.h"
 #include "pipe/testing.h"
@@ -21,18 +22,6 @@ namespace fs = std::filesystem;
 namespace {
 
 const std::string kDir = "/usr/share/datasets/fashion-mnist/";
-
-// Decompressed independently of the source (gzip(1); zlib is private to libpipe).
-std::vector<uint8_t> gunzip(const std::string& path) {
-  FILE* f = popen(("gzip -dc '" + path + "'").c_str(), "r");
-  REQUIRE(f != nullptr);
-  std::vector<uint8_t> out;
-  uint8_t buf[1 << 16];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.insert(out.end(), buf, buf + n);
-  REQUIRE(pclose(f) == 0);
-  return out;
-}
 
 int64_t file_index(const Sample& s) { return std::stoll(s.origin.substr(s.origin.find('#') + 1)); }
 
