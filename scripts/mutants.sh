@@ -3,7 +3,7 @@
 # (docs/reliability.md, "Mutation check"). Not part of .ci/run: it rebuilds once per mutant.
 #
 #   bash scripts/mutants.sh              # every mutant
-#   bash scripts/mutants.sh rng-epoch    # only mutants whose name contains a word
+#   bash scripts/mutants.sh 'rng|cache'  # only the mutants whose name matches a regex
 #   MUTANT_DIR=/tmp/pipe-mutants JOBS=2 bash scripts/mutants.sh
 #
 # The tree is copied (tar, build directories and .git left out) to $MUTANT_DIR/src and built
@@ -31,7 +31,7 @@ MUTANTS=$(cat <<'EOF'
 augment-degrees|stages/augment.cpp|d.theta * M_PI / 180.0|d.theta * M_PI / 200.0|^augment
 augment-flip-p|stages/augment.cpp|if (hflip_) d.flip_h = rng.bernoulli(0.5);|if (hflip_) d.flip_h = rng.bernoulli(0.4);|^augment stage
 decode-no-bgr2rgb|stages/decode.cpp|cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);|rgb = bgr;|^decode|decode seeds
-decode-gray|stages/decode.cpp|case 1: cv::cvtColor(img, rgb, cv::COLOR_GRAY2RGB); break;|case 1: cv::cvtColor(img, rgb, cv::COLOR_GRAY2RGB); rgb.col(0).setTo(0); break;|golden features|decode seeds
+decode-interp-default|stages/decode.cpp|const auto kInterp = interpolation_param(cv::INTER_LINEAR);|const auto kInterp = interpolation_param(cv::INTER_AREA);|golden features|decode seeds|^decode
 convbase-no-rescale|stages/torch_util.cpp|scale[c] = static_cast<float>(norm.rescale / sd);|scale[c] = static_cast<float>(1.0 / sd);|golden features
 init-glorot-limit|stages/torch_util.cpp|std::sqrt(6.0 / static_cast<double>(w.size(0) + w.size(1)))|std::sqrt(3.0 / static_cast<double>(w.size(0) + w.size(1)))|Glorot
 rmsprop-rho|stages/dense_head.cpp|RMSpropOptions(lr_).alpha(0.9)|RMSpropOptions(lr_).alpha(0.99)|Keras' formulas
@@ -42,11 +42,10 @@ executor-no-sequencer|pipeline/src/executor.cpp|  if (pass.ordered) {|  if (fals
 executor-batch-order|pipeline/src/executor.cpp|for (Item& it : items) b.samples.push_back(std::move(it.s));|for (Item& it : items) b.samples.insert(b.samples.begin(), std::move(it.s));|feed order|seeded graph
 executor-cap|pipeline/src/executor.cpp|const int64_t cap = std::max<int64_t>(pass.in_flight, 2 * topo.held + 2);|const int64_t cap = std::max<int64_t>(pass.in_flight + 4, 2 * topo.held + 2);|samples in flight
 rng-epoch|pipeline/src/rng.cpp|const uint64_t s = mix(mix(epoch) ^ mix(sample + 0x1234567ull)|const uint64_t s = mix(mix(0) ^ mix(sample + 0x1234567ull)|^augment stage
-rng-view|pipeline/src/rng.cpp|mix(view + 0x7654321ull * 3)|mix(0x7654321ull * 3)|regime B and its views
+rng-view|pipeline/src/rng.cpp|mix(view + 0x7654321ull * 3)|mix(0x7654321ull * 3)|^augment stage|distinct augmented views
 spec-random-before-cache|pipeline/src/spec.cpp|if (s.kind == StageKind::cache && random_up[i] && n.params.integer("views") == 0)|if (false && s.kind == StageKind::cache && random_up[i])|malformed graph
 spec-batch-default|pipeline/src/spec.cpp|{"batch", ParamType::integer, "", ParamValue{int64_t{20}}|{"batch", ParamType::integer, "", ParamValue{int64_t{32}}|valid graph resolves defaults|graph seeds
 mnist-val-overlaps-train|stages/fashion_mnist.cpp|take(Split::validation, static_cast<int64_t>(idx.size()) - 1, counts[1], -1);|take(Split::validation, 0, counts[1], 1);|fashion_mnist source
-head-threads|stages/dense_head.cpp|bool one_thread() const override { return true; }|bool one_thread() const override { return false; }|graphs/(cached|heads).yaml: same
 resume-generator|stages/supervised_sink.h|    gen_.set_state(state);|    (void)state;|graphs/cached.yaml: same|SIGINT stops a run
 cache-no-checksum|pipeline/src/cache_store.cpp|  if (sum != checksum)|  if (false && sum != checksum)|feature cache entries|cache seeds
 EOF
@@ -105,7 +104,7 @@ build || { tail -30 "$WORK/build.log"; log "the unmutated copy does not build"; 
 all_tests=""
 while IFS='|' read -r name file old new tests; do
   [ -z "$name" ] && continue
-  [[ -n "$FILTER" && "$name" != *"$FILTER"* ]] && continue
+  [[ -n "$FILTER" && ! "$name" =~ $FILTER ]] && continue
   all_tests="${all_tests:+$all_tests|}$tests"
 done <<< "$MUTANTS"
 [ -n "$all_tests" ] || { log "no mutant matches '$FILTER'"; exit 1; }
@@ -117,7 +116,7 @@ table="| mutant | file | change | caught by |\n|---|---|---|---|\n"
 survivors=0
 while IFS='|' read -r name file old new tests; do
   [ -z "$name" ] && continue
-  [[ -n "$FILTER" && "$name" != *"$FILTER"* ]] && continue
+  [[ -n "$FILTER" && ! "$name" =~ $FILTER ]] && continue
   t0=$SECONDS
   target=$SRC/$file
   original=$(cat "$target"; printf x)

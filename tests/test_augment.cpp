@@ -149,19 +149,22 @@ TEST_CASE("augment stage: draws in Keras's order from the sample's stream") {
       "{stage: augment, rotation: 40, width_shift: 0.2, height_shift: 0.1, shear: 0.2, "
       "zoom: 0.2, horizontal_flip: true, fill: nearest}");
   const cv::Mat img = random_image(17, 23, 11);
-  auto run = [&](int64_t id, int epoch) {
+  auto run = [&](int64_t id, int epoch, int view = 0, uint64_t seed = 1, const char* node = "node") {
     Sample s;
     s.id = id;
     s.image = img.clone();
-    Rng rng = Rng::for_sample(1, "node", epoch, id, 0);
+    Rng rng = Rng::for_sample(seed, node, epoch, id, view);
     stage->process(s, rng);
     return s.image;
   };
-  SECTION("same key, same output; other ids and epochs differ") {
+  SECTION("same key, same output; any other key field (id, epoch, view, seed, node) differs") {
     const cv::Mat a = run(5, 1);
     CHECK(same(a, run(5, 1)));
     CHECK_FALSE(same(a, run(6, 1)));
     CHECK_FALSE(same(a, run(5, 2)));
+    CHECK_FALSE(same(a, run(5, 1, 1)));  // the views a cache keeps are distinct augmentations
+    CHECK_FALSE(same(a, run(5, 1, 0, 2)));
+    CHECK_FALSE(same(a, run(5, 1, 0, 1, "other")));
   }
   SECTION("output equals pinned draws theta, tx, ty, shear, zx, zy, flip") {
     for (int64_t id = 0; id < 8; ++id) {

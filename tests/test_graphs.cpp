@@ -5,6 +5,7 @@
 
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -12,6 +13,7 @@
 #include <fmt/format.h>
 #include <opencv2/imgcodecs.hpp>
 
+#include "cache_store.h"
 #include "run_support.h"
 
 using namespace pipeline;
@@ -198,6 +200,29 @@ TEST_CASE("a warm cache never changes a result: regime B and its views under --s
 TEST_CASE("a warm cache never changes a result: the DAG graphs under --set changes") {
   check_transparent("heads", {{{}, ""}, {{"train.seed=3"}, ""}, {{"nodes.decode.size=[28, 28]"}, ""}});
   check_transparent("multiscale", {{{}, ""}, {{"nodes.small.size=[24, 24]"}, ""}, {{"train.seed=2"}, ""}});
+}
+
+TEST_CASE("graphs/views.yaml: the cache keeps distinct augmented views of each image") {
+  const std::string cache = fresh_dir("views-distinct");
+  run(spec_of("views", {"nodes.memo.views=3"}));
+  int entries = 0;
+  for (const CacheEntryInfo& info : FeatureCache(cache).list()) {
+    if (info.split != "train") continue;
+    ++entries;
+    REQUIRE(info.views == 3);
+    const auto e = FeatureCache(cache).open(info.fingerprint, info.split);
+    REQUIRE(e);
+    for (int64_t id = 0; id < e->count(); ++id) {
+      INFO("sample " << id);
+      const Tensor v0 = e->features(id, 0), v1 = e->features(id, 1), v2 = e->features(id, 2);
+      const auto bytes = static_cast<size_t>(v0.numel()) * sizeof(float);
+      CHECK(std::memcmp(v0.ptr(), v1.ptr(), bytes) != 0);
+      CHECK(std::memcmp(v0.ptr(), v2.ptr(), bytes) != 0);
+      CHECK(std::memcmp(v1.ptr(), v2.ptr(), bytes) != 0);
+    }
+  }
+  CHECK(entries == 1);
+  fs::remove_all(cache);
 }
 
 TEST_CASE("every shipped DAG graph gives identical results at 1 and 2 threads") {
