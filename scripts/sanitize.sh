@@ -3,7 +3,7 @@
 #
 #   bash scripts/sanitize.sh asan   # ASan+UBSan build (build-asan/): all Catch2 tests (unit, executor, end to end)
 #   bash scripts/sanitize.sh tsan   # TSan build (build-tsan/) on a TSan-built oneTBB: executor and cache tests
-#   bash scripts/sanitize.sh fuzz   # clang libFuzzer targets (build-fuzz/: graph, decode, cache): regressions, then FUZZ_SECONDS each
+#   bash scripts/sanitize.sh fuzz   # clang libFuzzer targets (build-fuzz/: graph, decode, cache, torch_pickle): regressions, then FUZZ_SECONDS each
 #   bash scripts/sanitize.sh all
 #
 # Every job fails (exit != 0) on any sanitizer report, failed test or fuzzer finding.
@@ -119,10 +119,13 @@ tsan() {
 }
 
 fuzz() {
+  local targets="graph;decode;cache;torch_pickle"
   [ -f build-fuzz/build.ninja ] || CXX=clang++-14 cmake -S tests/fuzz -B build-fuzz -G Ninja
+  # A build-fuzz/ configured before a target was added keeps its old list: set it.
+  cmake build-fuzz -DPIPE_FUZZ_TARGETS="$targets" > /dev/null
   timed "fuzz build" cmake --build build-fuzz -j 2
   local t
-  for t in graph decode cache; do
+  for t in ${targets//;/ }; do
     # Every committed finding first: a regression fails here before any fuzzing.
     timed "fuzz_$t regressions" build-fuzz/fuzz_$t -runs=0 tests/fuzz/regressions/$t tests/fuzz/corpus/$t
     local work=build-fuzz/work-$t

@@ -5,6 +5,8 @@
 #include <caffe2/serialize/inline_container.h>
 #include <torch/version.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -13,6 +15,8 @@
 #include <stdexcept>
 
 #include <fmt/format.h>
+
+#include "torch_pickle.h"
 
 namespace pipeline {
 
@@ -194,63 +198,170 @@ void init_module(nn::Module& m, at::Generator& gen) {
 
 namespace {
 
-// torch.save(model.state_dict()) pickles a collections.OrderedDict (and sets its _metadata
-// with SETITEM and BUILD), none of which LibTorch 1.13's unpickler reads: it turns
-// OrderedDict into None. A plain dict of the same tensors loads.
-bool ordered_dict_pickle(const std::string& path) {
-  caffe2::serialize::PyTorchStreamReader reader(path);
-  auto [data, size] = reader.getRecord("data.pkl");
-  const std::string head = std::string("\x80\x02", 2) + "ccollections\nOrderedDict\n";
-  return size >= head.size() && std::string(static_cast<const char*>(data.get()), head.size()) == head;
+at::ScalarType scalar_type(torchpk::DType t) {
+  using D = torchpk::DType;
+  switch (t) {
+    case D::Float32: return at::kFloat;
+    case D::Float64: return at::kDouble;
+    case D::Float16: return at::kHalf;
+    case D::BFloat16: return at::kBFloat16;
+    case D::Int64: return at::kLong;
+    case D::Int32: return at::kInt;
+    case D::Int16: return at::kShort;
+    case D::Int8: return at::kChar;
+    case D::UInt8: return at::kByte;
+    case D::Bool: return at::kBool;
+  }
+  return at::kFloat;
 }
 
-std::map<std::string, torch::Tensor> read_state_dict(const std::string& path) {
-  if (ordered_dict_pickle(path))
-    throw std::runtime_error(
-        "it pickles a collections.OrderedDict (torch.save(model.state_dict()) does), which LibTorch 1.13 cannot "
-        "read; save it once as a plain dict, e.g. with Debian's python3-torch: python3 -c 'import torch; "
-        "torch.save(dict(torch.load(\"IN.pth\")), \"OUT.pth\")' (docs/models.md)");
+std::string file_head(const std::string& path, size_t n) {
   std::ifstream in(path, std::ios::binary);
-  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const c10::IValue v = torch::pickle_load(bytes);
-  if (!v.isGenericDict()) throw std::runtime_error(fmt::format("holds a {}, not a state dict", v.tagKind()));
-  std::map<std::string, torch::Tensor> out;
-  for (const auto& e : v.toGenericDict())
-    if (e.key().isString() && e.value().isTensor()) out[e.key().toStringRef()] = e.value().toTensor();
+  std::string head(n, '\0');
+  in.read(head.data(), static_cast<std::streamsize>(n));
+  head.resize(static_cast<size_t>(in.gcount()));
+  return head;
+}
+
+// Pre-0.1.10 torch.save wrote a tar archive (its "ustar" magic at byte 257).
+bool is_tar(const std::string& path) {
+  const std::string head = file_head(path, 262);
+  return head.size() == 262 && head.compare(257, 5, "ustar") == 0;
+}
+
+std::string read_whole(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::string bytes(std::filesystem::file_size(path), '\0');
+  if (!in.read(bytes.data(), static_cast<std::streamsize>(bytes.size())))
+    throw std::runtime_error(fmt::format("cannot read it: {}", std::strerror(errno)));
+  return bytes;
+}
+
+// A torch.save file's tensors: the index from the pickle first, each storage made only when
+// a tensor of it is asked for (of a zip archive only those records are read: a conv base
+// needs 58 of VGG16's 528 MB; a legacy file is read whole, its layout being sequential).
+class StateDictFile {
+ public:
+  explicit StateDictFile(const std::string& path) {
+    if (torchpk::is_legacy(file_head(path, 16))) {
+      bytes_ = read_whole(path);
+      legacy_ = torchpk::parse_legacy(bytes_);
+      index_ = legacy_.dict;
+      return;
+    }
+    if (is_tar(path))
+      throw std::runtime_error("it is a tar archive (torch.save before PyTorch 0.1.10), which pipe does not read; "
+                               "load and save it again with a current PyTorch");
+    zip_ = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
+    if (zip_->hasRecord("byteorder")) {
+      auto [data, size] = zip_->getRecord("byteorder");
+      if (std::string(static_cast<const char*>(data.get()), size) != "little")
+        throw std::runtime_error("it was written on a big-endian machine");
+    }
+    auto [data, size] = zip_->getRecord("data.pkl");
+    index_ = torchpk::parse_state_dict(std::string_view(static_cast<const char*>(data.get()), size), "data.pkl");
+  }
+
+  const torchpk::StateDict& index() const { return index_; }
+
+  torch::Tensor tensor(const torchpk::TensorInfo& t) {
+    return storage(t.storage).as_strided(t.sizes, t.strides, t.offset);  // checked by torchpk
+  }
+
+ private:
+  // The storage as a 1-D tensor of its dtype.
+  torch::Tensor storage(const std::string& key) {
+    if (const auto it = storages_.find(key); it != storages_.end()) return it->second;
+    const torchpk::StorageInfo& info = index_.storages.at(key);
+    const auto options = torch::TensorOptions().dtype(scalar_type(info.dtype));
+    const auto element = static_cast<size_t>(torchpk::element_size(info.dtype));
+    if (!zip_) {
+      // Copied out: a storage's bytes in a legacy file need not be aligned for its dtype.
+      torch::Tensor s = torch::empty({info.numel}, options);
+      std::memcpy(s.data_ptr(), bytes_.data() + legacy_.data.at(key), static_cast<size_t>(info.numel) * element);
+      return storages_[key] = s;  // parse_legacy checked that the bytes are in the file
+    }
+    auto [data, size] = zip_->getRecord("data/" + key);
+    if (size % element != 0 || size / element != static_cast<uint64_t>(info.numel))  // no overflow
+      throw std::runtime_error(fmt::format("record data/{} holds {} bytes, its tensors' pickle says {} x {}", key,
+                                           size, info.numel, element));
+    auto keep = std::make_shared<at::DataPtr>(std::move(data));  // freed with the last tensor of it
+    return storages_[key] = torch::from_blob(keep->get(), {info.numel}, [keep](void*) {}, options);
+  }
+
+  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> zip_;
+  std::string bytes_;  // a legacy file, whole
+  torchpk::Legacy legacy_;
+  torchpk::StateDict index_;
+  std::map<std::string, torch::Tensor> storages_;
+};
+
+}  // namespace
+
+bool is_state_dict_file(const std::string& path) {
+  if (torchpk::is_legacy(file_head(path, 16))) return true;
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    return reader.hasRecord("data.pkl") && !reader.hasRecord("constants.pkl");
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> read_state_dict(const std::string& path) {
+  StateDictFile file(path);
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const torchpk::TensorInfo& t : file.index().tensors) out.emplace_back(t.name, file.tensor(t));
   return out;
 }
 
+namespace {
+
 // The file's tensors under the module's names: "features.<name>" when the file has any.
-std::map<std::string, torch::Tensor> base_tensors(std::map<std::string, torch::Tensor> all) {
-  std::map<std::string, torch::Tensor> features;
-  for (const auto& [k, t] : all)
-    if (k.rfind("features.", 0) == 0) features[k.substr(9)] = t;
-  return features.empty() ? all : features;
+std::map<std::string, const torchpk::TensorInfo*> base_tensors(const torchpk::StateDict& all) {
+  std::map<std::string, const torchpk::TensorInfo*> every, features;
+  for (const torchpk::TensorInfo& t : all.tensors) {
+    every[t.name] = &t;
+    if (t.name.rfind("features.", 0) == 0) features[t.name.substr(9)] = &t;
+  }
+  return features.empty() ? every : features;
 }
+
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
 }  // namespace
 
 void load_state_dict(nn::Module& m, const std::string& path, const std::string& what) {
-  std::map<std::string, torch::Tensor> file;
-  try {
-    file = base_tensors(read_state_dict(path));
-  } catch (const std::exception& e) {
-    const std::string msg = e.what();
-    throw std::runtime_error(fmt::format("{}: '{}' is neither a torch::save()d module nor a state dict: {}", what,
-                                         path, msg.substr(0, msg.find('\n'))));
-  }
-  torch::NoGradGuard no_grad;
-  auto assign = [&](const std::string& name, torch::Tensor& dst) {
-    const auto it = file.find(name);
-    if (it == file.end())
-      throw std::runtime_error(fmt::format("{}: state dict '{}' has no tensor '{}' (nor 'features.{}')", what, path, name, name));
-    if (it->second.sizes() != dst.sizes())
-      throw std::runtime_error(fmt::format("{}: state dict '{}': tensor '{}' has shape [{}], the model needs [{}]", what,
-                                           path, name, fmt::join(it->second.sizes(), ", "), fmt::join(dst.sizes(), ", ")));
-    dst.copy_(it->second);
+  auto fail = [&](const std::exception& e) {
+    return std::runtime_error(fmt::format("{}: cannot read state dict '{}': {}", what, path, first_line(e.what())));
   };
-  for (auto& p : m.named_parameters()) assign(p.key(), p.value());
-  for (auto& b : m.named_buffers()) assign(b.key(), b.value());
+  std::unique_ptr<StateDictFile> file;
+  std::map<std::string, const torchpk::TensorInfo*> named;
+  try {
+    file = std::make_unique<StateDictFile>(path);
+    named = base_tensors(file->index());
+  } catch (const std::exception& e) {
+    throw fail(e);
+  }
+  // Every name and shape first, so that a wrong file is refused before any data is read.
+  std::vector<std::pair<torch::Tensor, const torchpk::TensorInfo*>> plan;
+  auto check = [&](const std::string& name, const torch::Tensor& dst) {
+    const auto it = named.find(name);
+    if (it == named.end())
+      throw std::runtime_error(fmt::format("{}: state dict '{}' has no tensor '{}' (nor 'features.{}')", what, path, name, name));
+    if (it->second->sizes != dst.sizes().vec())
+      throw std::runtime_error(fmt::format("{}: state dict '{}': tensor '{}' has shape [{}], the model needs [{}]", what,
+                                           path, name, fmt::join(it->second->sizes, ", "), fmt::join(dst.sizes(), ", ")));
+    plan.emplace_back(dst, it->second);
+  };
+  for (auto& p : m.named_parameters()) check(p.key(), p.value());
+  for (auto& b : m.named_buffers()) check(b.key(), b.value());
+  torch::NoGradGuard no_grad;
+  try {
+    for (auto& [dst, info] : plan) dst.copy_(file->tensor(*info));
+  } catch (const std::exception& e) {
+    throw fail(e);
+  }
 }
 
 

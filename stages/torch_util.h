@@ -85,8 +85,16 @@ at::Generator make_generator(uint64_t seed);
 // vgg16-397923af.pth) into `m`: every parameter and buffer of `m` must be in the file with
 // its shape, under its own name or under "features." + its name (torchvision's VGG keeps the
 // conv base there; its "classifier.*" tensors are not part of a conv base and are skipped).
-// Throws std::runtime_error naming the file and the first missing or mismatched tensor.
+// Both torch.save formats load, zip (PyTorch >= 1.6) and legacy, with a dict or an
+// OrderedDict, through torch_pickle.h's allow-listed reader (never Python's pickle).
+// Throws std::runtime_error naming the file and the first missing or mismatched tensor, or
+// the byte at which an unreadable file went wrong.
 void load_state_dict(torch::nn::Module& m, const std::string& path, const std::string& what);
+// A torch.save file of a dict rather than a torch::save()d module: legacy, or a zip archive
+// with data.pkl and no TorchScript constants.
+bool is_state_dict_file(const std::string& path);
+// Every tensor of a state dict file, in the file's order, as saved (dtype, strides).
+std::vector<std::pair<std::string, torch::Tensor>> read_state_dict(const std::string& path);
 
 // Freezes a module: eval mode and requires_grad(false) on every parameter.
 void freeze(torch::nn::Module& m);

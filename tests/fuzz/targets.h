@@ -59,6 +59,13 @@ constexpr const char* kCacheChecksumSlot = "@checksum@";
 constexpr const char* kCacheBytesSlot = "@bytes@";
 bool cache_one(const uint8_t* data, size_t size);
 
+// Bytes -> the state-dict reader (stages/torch_pickle.h): parse_legacy() when they start
+// as a legacy torch.save file, else parse_state_dict() as a zip archive's data.pkl. A
+// std::runtime_error is the expected refusal; on success every tensor's view must lie in its
+// storage and every legacy storage in the input (else abort()). No Python global is ever
+// called: the reader has no means to. Returns whether the bytes were read as a state dict.
+bool torch_pickle_one(const uint8_t* data, size_t size);
+
 // The registry the fuzz binaries validate against: every built-in stage's real schema;
 // the LibTorch stages' factories (never called by validation) throw. Defined in
 // fuzz_stages.cpp.
