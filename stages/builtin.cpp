@@ -5,6 +5,7 @@ namespace pipeline {
 void register_builtin_stages(Registry& r) {
   stages::register_fashion_mnist(r);
   stages::register_folder(r);
+  stages::register_csv(r);
   stages::register_decode(r);
   stages::register_augment(r);
   stages::register_convbase(r);

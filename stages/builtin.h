@@ -11,6 +11,7 @@ Choice<int> interpolation_param(int default_filter);
 
 void register_fashion_mnist(Registry& r);
 void register_folder(Registry& r);
+void register_csv(Registry& r);
 void register_decode(Registry& r);
 void register_augment(Registry& r);
 void register_convbase(Registry& r);

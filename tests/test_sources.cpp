@@ -128,12 +128,14 @@ TEST_CASE("folder source") {
   img("validation/birds/w.png", 70);
   std::ofstream(root / "train/cats/notes.txt") << "not an image";
 
+  // This tree has no test/: the graph says so.
+  const std::string two = ", splits: [train, validation]}";
   SECTION("classes, counts, labels, bytes") {
-    auto src = testing::make_source("{source: folder, path: " + root.string() + "}");
+    auto src = testing::make_source("{source: folder, path: " + root.string() + two);
     REQUIRE(src->classes() == std::vector<std::string>{"birds", "cats", "dogs"});
     REQUIRE(src->size(Split::train) == 3);
     REQUIRE(src->size(Split::validation) == 2);
-    REQUIRE(src->size(Split::test) == 0);  // no test dir: empty split
+    REQUIRE(src->size(Split::test) == 0);  // no test dir, as splits says
     std::map<std::string, int> label;
     for (Split sp : kAllSplits)
       for (int64_t i = 0; i < src->size(sp); ++i) {
@@ -157,22 +159,21 @@ TEST_CASE("folder source") {
                                                   ": No such file or directory"));
   }
   SECTION("relative path, identity, seeded order") {
-    auto a = testing::make_source("{source: folder, path: " + root.filename().string() + "}",
+    auto a = testing::make_source("{source: folder, path: " + root.filename().string() + two,
                                   root.parent_path().string());
-    auto b = testing::make_source("{source: folder, path: " + root.string() + "}");
+    auto b = testing::make_source("{source: folder, path: " + root.string() + two);
     CHECK(a->identity() == b->identity());
     CHECK(origins(*a, Split::train) == origins(*b, Split::train));
     std::set<std::vector<std::string>> orders;
     for (int seed = 1; seed <= 6; ++seed)
       orders.insert(origins(*testing::make_source("{source: folder, split_seed: " +
                                                   std::to_string(seed) + ", path: " +
-                                                  root.string() + "}"),
+                                                  root.string() + two),
                             Split::train));
     CHECK(orders.size() > 1);
     const std::string before = b->identity();
     img("train/dogs/c.png", 80);
-    CHECK(testing::make_source("{source: folder, path: " + root.string() + "}")->identity() !=
-          before);
+    CHECK(testing::make_source("{source: folder, path: " + root.string() + two)->identity() != before);
   }
   SECTION("errors name the path") {
     CHECK_THROWS_WITH(testing::make_source("{source: folder, path: /no/such/tree}"),

@@ -29,6 +29,7 @@ void register_fuzz_stages(Registry& r) {
   register_framework_stages(r);
   stages::register_fashion_mnist(r);
   stages::register_folder(r);
+  stages::register_csv(r);
   stages::register_decode(r);
   stages::register_augment(r);
   stages::register_resize(r);
