@@ -118,6 +118,16 @@ cv::Mat augment_apply(const cv::Mat& src, const AugmentDraws& d, const AugmentOp
   return dst;
 }
 
+AugmentDraws draw_pose(const PoseRanges& p, int rows, int cols, Rng& rng) {
+  AugmentDraws d;
+  d.theta = rng.uniform(-p.rotation, p.rotation);
+  d.tx = rng.uniform(-p.shift, p.shift) * rows;
+  d.ty = rng.uniform(-p.shift, p.shift) * cols;
+  d.zx = d.zy = rng.uniform(p.zoom_lo, p.zoom_hi);
+  d.flip_h = rng.bernoulli(0.5) && p.flip;
+  return d;
+}
+
 namespace {
 
 const auto kRotation = param::number("rotation", 0, "max rotation, degrees (theta ~ U(-r, r))").range(0, 180);

@@ -6,6 +6,8 @@
 
 #include <opencv2/core/mat.hpp>
 
+#include "pipe/rng.h"
+
 namespace pipeline::stages {
 
 enum class AugmentSemantics {
@@ -37,6 +39,19 @@ struct AugmentOptions {
 // It is O * R * T * Sh * Z * O^-1 with the flips folded in (they act after the warp).
 std::array<double, 6> augment_matrix(const AugmentDraws& d, int rows, int cols,
                                      AugmentSemantics semantics);
+
+// A fixed pose of an image (variation of the data itself, not augmentation): rotation
+// U(+-rotation) degrees, row and column shifts U(+-shift) * side, one zoom factor U(zoom_lo,
+// zoom_hi) for both axes (Keras' zoom: input pixels per output pixel, > 1 shrinks the
+// object), a horizontal flip with p = 0.5 when `flip`.
+struct PoseRanges {
+  double rotation = 0, shift = 0, zoom_lo = 1, zoom_hi = 1;
+  bool flip = false;
+  bool none() const { return rotation == 0 && shift == 0 && zoom_lo == 1 && zoom_hi == 1 && !flip; }
+};
+// Every value is drawn, in the order above, whatever the ranges: widening one range leaves
+// the other values of every image as they were.
+AugmentDraws draw_pose(const PoseRanges& p, int rows, int cols, Rng& rng);
 
 // Applies the draws to an 8-bit image (any channel count); returns a fresh continuous Mat.
 // Nearest sampling rounds like scipy's map_coordinates(order=0): floor(x + 0.5).

@@ -12,6 +12,12 @@
 // Params: path (dir of the .gz files), classes (slugs: t-shirt, trouser, pullover, dress,
 // coat, sandal, shirt, sneaker, bag, ankle-boot), per_class ([train, validation, test]
 // images per class), split_seed (seed of the selection and order).
+// pose: {rotation, shift, zoom, flip} (default none: the images as stored):
+// every image of every split is warped once, at load, to its own fixed random pose drawn by
+// draw_pose() (augment.h) from a stream keyed on split_seed and the image's index in its
+// file, and warped by augment_apply() (Keras 2.0.8 semantics, nearest fill): variation of
+// the data itself, the same in every run and epoch, unlike the `augment` stage. A posed
+// source's identity (cache key) names the pose.
 //
 // Example config:
 //   data: {source: fashion_mnist, classes: [shirt, t-shirt], per_class: [1000, 500, 500]}
@@ -24,6 +30,7 @@
 #include <zlib.h>
 
 #include "builtin.h"
+#include "fashion_mnist.h"
 
 namespace pipeline::stages {
 namespace {
@@ -94,11 +101,31 @@ const auto kPerClass = param::integers("per_class", {1000, 500, 500}, "images pe
                            .min(0)
                            .length(3);
 const auto kSplitSeed = param::integer("split_seed", 1, "seed of the selection and sample order");
+const auto kPoseRotation =
+    param::number("pose.rotation", 0, "fixed pose of each image: rotation U(+-r) degrees").range(0, 180);
+const auto kPoseShift =
+    param::number("pose.shift", 0, "fixed pose: row and column shifts U(+-s) x side").range(0, 1);
+const auto kPoseZoom = param::numbers("pose.zoom", {1, 1},
+                                      "fixed pose: one zoom factor U(a, b) for both axes (Keras': > 1 shrinks)")
+                           .range(0.1, 10)
+                           .length(2);
+const auto kPoseFlip = param::boolean("pose.flip", false, "fixed pose: horizontal flip with p = 0.5");
+
+PoseRanges pose_of(const Params& p) {
+  PoseRanges r;
+  r.rotation = p.get(kPoseRotation);
+  r.shift = p.get(kPoseShift);
+  const std::vector<double> zoom = p.get(kPoseZoom);
+  r.zoom_lo = zoom[0], r.zoom_hi = zoom[1];
+  r.flip = p.get(kPoseFlip);
+  return r;
+}
 
 class FashionMnist : public Source {
  public:
   FashionMnist(const Params& p, const SourceContext& ctx)
-      : dir_(ctx.resolve(p.get(kPath))), names_(p.get(kClasses)) {
+      : dir_(ctx.resolve(p.get(kPath))), names_(p.get(kClasses)), pose_(pose_of(p)),
+        seed_(static_cast<uint64_t>(p.get(kSplitSeed))) {
     const std::vector<int64_t> counts = p.get(kPerClass);
     const uint64_t seed = static_cast<uint64_t>(p.get(kSplitSeed));
     std::vector<int> ids;
@@ -142,6 +169,9 @@ class FashionMnist : public Source {
       shuffle(picks_[sp], Rng(seed, hash64("fashion_mnist/order"), static_cast<uint64_t>(sp), 0, 0));
     identity_ = fmt::format("fashion_mnist;classes={};per_class={};split_seed={}",
                             fmt::join(names_, ","), fmt::join(counts, ","), seed);
+    if (!pose_.none())  // unposed sources keep the identity (and cache entries) they had
+      identity_ += fmt::format(";pose=rotation:{},shift:{},zoom:{}-{},flip:{}", pose_.rotation, pose_.shift,
+                               pose_.zoom_lo, pose_.zoom_hi, pose_.flip);
     for (const Part& part : parts_)
       for (const std::string& f : {part.images, part.labels})
         identity_ += fmt::format(";{}:{}:{}", f, fs::file_size(f),
@@ -216,10 +246,24 @@ class FashionMnist : public Source {
         std::copy(buf.begin(), buf.end(), dst);
       }
     }
+    if (!pose_.none())
+      for (int sp = 0; sp < 3; ++sp) pose_split(sp);
+  }
+
+  // Warps each image of split `sp` in place to its fixed pose.
+  void pose_split(int sp) const {
+    const bool t10k = sp == static_cast<int>(Split::test);
+    for (size_t i = 0; i < picks_[sp].size(); ++i) {
+      cv::Mat img(kSide, kSide, CV_8UC1, pixels_[sp].data() + i * kPixels);
+      const cv::Mat posed = augment_apply(img, fashion_mnist_pose(pose_, seed_, t10k, picks_[sp][i].file_index), {});
+      posed.copyTo(img);
+    }
   }
 
   std::string dir_;
   std::vector<std::string> names_;
+  PoseRanges pose_;
+  uint64_t seed_;
   Part parts_[2];
   std::vector<Pick> picks_[3];
   std::string identity_;
@@ -228,6 +272,11 @@ class FashionMnist : public Source {
 };
 
 }  // namespace
+
+AugmentDraws fashion_mnist_pose(const PoseRanges& ranges, uint64_t split_seed, bool t10k, int64_t file_index) {
+  Rng rng(split_seed, hash64("fashion_mnist/pose"), t10k ? 1 : 0, static_cast<uint64_t>(file_index), 0);
+  return draw_pose(ranges, kSide, kSide, rng);
+}
 
 void register_fashion_mnist(Registry& r) {
   r.add_source<FashionMnist>(
@@ -238,6 +287,10 @@ void register_fashion_mnist(Registry& r) {
           .param(kClasses)
           .param(kPerClass)
           .param(kSplitSeed)
+          .param(kPoseRotation)
+          .param(kPoseShift)
+          .param(kPoseZoom)
+          .param(kPoseFlip)
           .example("{source: fashion_mnist, classes: [shirt, t-shirt], per_class: [1000, 500, 500]}"));
 }
 

@@ -47,6 +47,7 @@ void finite_points(const Series& s, std::vector<double>& x, std::vector<double>&
 
 // Epochs are whole numbers: half an epoch either side keeps the first and last points inside.
 Range x_range(const Chart& c) {
+  if (!c.x_ticks.empty()) return {0.5, c.x_ticks.size() + 0.5};  // every category, data or not
   Range r{std::numeric_limits<double>::infinity(), -std::numeric_limits<double>::infinity()};
   for (const Series& s : c.series) {
     std::vector<double> x, y;
@@ -57,14 +58,16 @@ Range x_range(const Chart& c) {
   return {r.lo - 0.5, r.hi + 0.5};
 }
 
-// The values, padded by 5% of their span; losses stay above 0, accuracies within [0, 1].
+// The values (with their error bars), padded by 5% of their span; losses stay above 0,
+// accuracies within [0, 1].
 Range y_range(const Chart& c) {
   Range r{std::numeric_limits<double>::infinity(), -std::numeric_limits<double>::infinity()};
-  for (const Series& s : c.series) {
-    std::vector<double> x, y;
-    finite_points(s, x, y);
-    for (double v : y) r = {std::min(r.lo, v), std::max(r.hi, v)};
-  }
+  for (const Series& s : c.series)
+    for (size_t i = 0; i < s.y.size(); ++i) {
+      if (!std::isfinite(s.y[i])) continue;
+      const double e = i < s.err.size() && std::isfinite(s.err[i]) ? std::abs(s.err[i]) : 0.0;
+      r = {std::min(r.lo, s.y[i] - e), std::max(r.hi, s.y[i] + e)};
+    }
   if (r.lo > r.hi) return {0, 1};
   const double pad = r.hi > r.lo ? 0.05 * (r.hi - r.lo) : std::max(0.05, 0.05 * std::abs(r.hi));
   Range out{r.lo - pad, r.hi + pad};
@@ -118,8 +121,8 @@ cv::Size text_size(const std::string& s, double scale = kText) {
   return cv::getTextSize(s, kFont, scale, 1, &base);
 }
 
-// Grid lines and tick labels at round values of both axes.
-void draw_axes(cv::Mat& img, Range xr, Range yr) {
+// Grid lines and tick labels at round values of both axes (x: at 1, 2, ... with `ticks` when given).
+void draw_axes(cv::Mat& img, Range xr, Range yr, const std::vector<std::string>& ticks) {
   const double ys = tick_step(yr, 5);
   const int decimals = std::max(0, -static_cast<int>(std::floor(std::log10(ys))));
   for (double v = std::ceil(yr.lo / ys - 1e-9) * ys; v <= yr.hi + 1e-9 * ys; v += ys) {
@@ -128,11 +131,12 @@ void draw_axes(cv::Mat& img, Range xr, Range yr) {
     const std::string label = fmt::format("{:.{}f}", v, decimals);
     text(img, label, {kLeft - 8 - text_size(label).width, y + 5});
   }
-  const double xs = std::max(1.0, tick_step(xr, 8));
+  const double xs = ticks.empty() ? std::max(1.0, tick_step(xr, 8)) : 1.0;
   for (double v = std::ceil(xr.lo / xs) * xs; v <= xr.hi; v += xs) {
     const int x = kLeft + px_x(v, xr);
     cv::line(img, {x, kTop}, {x, kTop + kPlotHeight}, kGrid, 1);
-    const std::string label = fmt::format("{:.0f}", v);
+    const size_t k = static_cast<size_t>(v) - 1;
+    const std::string label = ticks.empty() ? fmt::format("{:.0f}", v) : k < ticks.size() ? ticks[k] : "";
     text(img, label, {x - text_size(label).width / 2, kTop + kPlotHeight + 18});
   }
 }
@@ -178,10 +182,24 @@ void legend(cv::Mat& plot, const cv::Mat& ink, const Chart& c) {
   }
 }
 
+// The series' error bars (y +- err, capped) in its color; `ink` marks their pixels.
+void error_bars(cv::Mat& plot, cv::Mat& ink, const Series& s, Range xr, Range yr, cv::Scalar line) {
+  for (size_t i = 0; i < s.x.size() && i < s.y.size() && i < s.err.size(); ++i) {
+    if (!std::isfinite(s.x[i]) || !std::isfinite(s.y[i]) || !std::isfinite(s.err[i]) || s.err[i] <= 0) continue;
+    const int x = px_x(s.x[i], xr), lo = px_y(s.y[i] - s.err[i], yr), hi = px_y(s.y[i] + s.err[i], yr);
+    for (cv::Mat* m : {&plot, &ink}) {
+      const cv::Scalar c = m == &ink ? cv::Scalar(255) : line;
+      cv::line(*m, {x, lo}, {x, hi}, c, 1);
+      cv::line(*m, {x - 4, lo}, {x + 4, lo}, c, 1);
+      cv::line(*m, {x - 4, hi}, {x + 4, hi}, c, 1);
+    }
+  }
+}
+
 cv::Mat draw_chart(const Chart& c) {
   cv::Mat img(kChartHeight, kChartWidth, CV_8UC3, kWhite);
   const Range xr = x_range(c), yr = y_range(c);
-  draw_axes(img, xr, yr);
+  draw_axes(img, xr, yr, c.x_ticks);
   cv::Mat plot = img(cv::Rect(kLeft, kTop, kPlotWidth, kPlotHeight));
   cv::Mat ink = cv::Mat::zeros(plot.size(), CV_8U);
   for (size_t i = 0; i < c.series.size(); ++i) {
@@ -194,11 +212,12 @@ cv::Mat draw_chart(const Chart& c) {
     cv::bitwise_not(key, lines);
     l.copyTo(plot, lines);
     ink |= lines;
+    error_bars(plot, ink, c.series[i], xr, yr, color(i));
   }
   legend(plot, ink, c);
   cv::rectangle(img, cv::Rect(kLeft, kTop, kPlotWidth + 1, kPlotHeight + 1), kInk, 1);
   text(img, c.title, {kLeft + (kPlotWidth - text_size(c.title, 0.6).width) / 2, 24}, 0.6);
-  text(img, "epoch", {kLeft + (kPlotWidth - text_size("epoch").width) / 2, kChartHeight - 10});
+  text(img, c.x_label, {kLeft + (kPlotWidth - text_size(c.x_label).width) / 2, kChartHeight - 10});
   y_label(img, c.y_label);
   return img;
 }

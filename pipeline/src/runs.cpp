@@ -132,6 +132,7 @@ void from_summary(const json& s, RunRecord& r) {
   if (const json* m = first_metrics(s)) {
     r.best_val_acc = number(*m, "best_val_acc");
     r.val_acc = number(*m, "val_acc");
+    r.train_acc = number(*m, "train_acc");
     r.test_acc = number(*m, "test_acc");
     r.best_epoch = m->value("best_epoch", 0);
   }

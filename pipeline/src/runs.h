@@ -45,6 +45,7 @@ struct RunRecord {
   std::string graph, started, status;  // status "running/interrupted": no summary.json yet
   int epochs = 0, epochs_completed = 0;
   std::optional<double> best_val_acc, val_acc, test_acc, seconds;
+  std::optional<double> train_acc;  // of the last epoch
   int best_epoch = 0;
   Series val_curve;  // validation accuracy per epoch (metrics.jsonl), labelled with `name`
 };

@@ -209,6 +209,38 @@ void check_input_files(const YAML::Node& doc, const GraphSpec& g, const std::vec
     if (n.entry) check_param_files(n.entry->schema, n.params, doc["nodes"][n.name], "nodes." + n.name, diag);
 }
 
+namespace {
+
+// A key whose declared parameters are "key.NAME" (pose.rotation, pose.flip...): a group, written
+// as a map (`pose: {rotation: 30}`) and set as `--set data.pose.rotation=30`.
+bool is_group(const StageSchema& schema, const std::string& key) {
+  for (const ParamSpec& p : schema.params)
+    if (p.name.rfind(key + ".", 0) == 0) return true;
+  return false;
+}
+
+struct Entry {
+  std::string key;  // "rotation", or "pose.rotation" inside a group
+  YAML::Node at;    // the key as written: diagnostics point at it
+  YAML::Node value;
+};
+
+// The map's entries with each group's entries in its place, named "group.NAME".
+std::vector<Entry> flat_entries(const StageSchema& schema, const YAML::Node& map) {
+  std::vector<Entry> out;
+  for (const auto& kv : map) {
+    const std::string key = kv.first.Scalar();
+    if (!kv.second.IsMap() || !is_group(schema, key)) {
+      out.push_back({key, kv.first, kv.second});
+      continue;
+    }
+    for (const auto& sub : kv.second) out.push_back({key + "." + sub.first.Scalar(), sub.first, sub.second});
+  }
+  return out;
+}
+
+}  // namespace
+
 Params parse_params(const StageSchema& schema, const YAML::Node& map, const std::string& path,
                     Diagnostics& diag, const std::set<std::string>& skip) {
   Params out;
@@ -218,23 +250,23 @@ Params parse_params(const StageSchema& schema, const YAML::Node& map, const std:
   for (const ParamSpec& p : schema.params) names.push_back(p.name);
   std::set<std::string> seen;
   if (map.IsMap()) {
-    for (const auto& kv : map) {
-      const std::string key = kv.first.Scalar();
+    for (const Entry& kv : flat_entries(schema, map)) {
+      const std::string& key = kv.key;
       if (skip.count(key)) continue;
       const std::string key_path = path.empty() ? key : path + "." + key;
       if (!seen.insert(key).second) {
-        diag.error(kv.first, key_path, fmt::format("duplicate parameter '{}' for {}", key, owner));
+        diag.error(kv.at, key_path, fmt::format("duplicate parameter '{}' for {}", key, owner));
         continue;
       }
       const ParamSpec* spec = schema.find(key);
       if (!spec) {
         const std::string hint = did_you_mean(key, names);
-        diag.error(kv.first, key_path,
+        diag.error(kv.at, key_path,
                    fmt::format("unknown parameter '{}' for {}{}", key, owner,
                                hint.empty() ? "" : fmt::format(" (did you mean '{}'?)", hint)));
         continue;
       }
-      if (auto v = convert(*spec, kv.second, owner, key_path, diag)) out.set(key, std::move(*v));
+      if (auto v = convert(*spec, kv.value, owner, key_path, diag)) out.set(key, std::move(*v));
     }
   }
   for (const ParamSpec& p : schema.params) {
@@ -872,9 +904,12 @@ YAML::Node resolved_document(const GraphSpec& g) {
   YAML::Node d(YAML::NodeType::Map);
   d["source"] = g.source;
   const auto put_params = [](YAML::Node& m, const Params& p) {
-    for (const auto& [k, v] : p.values()) {
-      if (auto* str = std::get_if<std::string>(&v)) m[k] = *str;  // "" stays a string
-      else m[k] = YAML::Load(param_value_string(v));
+    for (const auto& [name, v] : p.values()) {
+      const size_t dot = name.find('.');  // a group's parameter: pose.rotation -> pose: {rotation}
+      YAML::Node at = dot == std::string::npos ? m : m[name.substr(0, dot)];
+      const std::string k = dot == std::string::npos ? name : name.substr(dot + 1);
+      if (auto* str = std::get_if<std::string>(&v)) at[k] = *str;  // "" stays a string
+      else at[k] = YAML::Load(param_value_string(v));
     }
   };
   put_params(d, g.source_params);
