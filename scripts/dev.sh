@@ -14,7 +14,7 @@ PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config
   libtorch-dev libtbb-dev libopencv-dev libyaml-cpp-dev libfmt-dev catch2 libcli11-dev
   libspdlog-dev zlib1g-dev libjpeg-dev libwebp-dev libopenblas0-openmp dataset-fashion-mnist
-  libxxhash-dev
+  libxxhash-dev graphviz
   nlohmann-json3-dev
 )
 

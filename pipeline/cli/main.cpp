@@ -1,6 +1,7 @@
 // pipe: run, validate, inspect and draw dataflow graphs for transfer learning.
 //
-// Exit codes: 0 ok, 1 the run failed, 2 usage or validation error, 130 interrupted.
+// Exit codes: 0 ok, 1 the run failed, 2 usage or validation error, 130 interrupted;
+// pipe sweep: the number of runs that failed (at most 125).
 #include <unistd.h>
 
 #include <atomic>
@@ -14,12 +15,16 @@
 #include <fmt/format.h>
 
 #include "bench.h"
+#include "cache_cli.h"
 #include "cache_store.h"
+#include "diagnostics.h"
+#include "dot_render.h"
 #include "plugin_loader.h"
 #include "predict.h"
 #include "runner.h"
 #include "runs.h"
 #include "spec.h"
+#include "sweep.h"
 #include "stage_docs.h"
 #include "torch_runtime.h"
 
@@ -131,16 +136,18 @@ struct Options {
   // run
   std::string out, resume;
   int threads = 0;
-  bool no_progress = false;
+  bool no_progress = false, force = false, quiet = false, verbose = false;
   // stages
   bool markdown = false;
-  // cache
-  std::string cache_dir, prefix;
-  bool all = false;
+  std::string stage;
+  // graph
+  std::string png;
+  CacheOptions cache;
   BenchOptions bench;
   PredictOptions predict;
   RunsOptions runs;
   CompareOptions compare;
+  SweepOptions sweep;
 };
 
 struct Subcommands {
@@ -151,10 +158,12 @@ struct Subcommands {
   CLI::App* dot = nullptr;
   CLI::App* cache = nullptr;
   CLI::App* cache_ls = nullptr;
+  CLI::App* cache_gc = nullptr;
   CLI::App* bench = nullptr;
   CLI::App* predict = nullptr;
   CLI::App* runs = nullptr;
   CLI::App* compare = nullptr;
+  CLI::App* sweep = nullptr;
 };
 
 // Consent to load the plugins a graph lists (docs/security.md).
@@ -169,8 +178,11 @@ CLI::App* add_run(CLI::App& app, Options& o) {
   run->add_option("--resume", o.resume, "Continue an interrupted run in DIR from its last completed epoch")->type_name("DIR");
   run->add_option("--set", o.common.sets, "Override a value, e.g. --set train.epochs=3 (repeatable)")->type_name("KEY=VALUE");
   run->add_option("--threads", o.threads, "Threads for TBB stages and LibTorch together (default: all cores)");
-  run->add_option("--out", o.out, "Run directory (default: runs/<graph>-<time>)");
+  run->add_option("--out", o.out, "Run directory, new or empty unless --force (default: runs/<graph>-<time>)")->type_name("DIR");
+  run->add_flag("--force", o.force, "Write into an --out directory that is not empty");
   run->add_flag("--no-progress", o.no_progress, "No progress bar");
+  run->add_flag("-q,--quiet", o.quiet, "Print only the final summary");
+  run->add_flag("-v,--verbose", o.verbose, "Also print the LibTorch runtime (threads, BLAS)")->excludes("--quiet");
   run->add_option("--plugin", o.common.plugins, "Load a plugin; repeatable")->type_name("PATH");
   add_allow_plugins(*run, o);
   return run;
@@ -187,7 +199,8 @@ CLI::App* add_graph_reader(CLI::App& app, const std::string& name, const std::st
 }
 
 CLI::App* add_stages(CLI::App& app, Options& o) {
-  auto* stages = app.add_subcommand("stages", "List every stage with its parameters");
+  auto* stages = app.add_subcommand("stages", "List every stage with its parameters, or one stage's");
+  stages->add_option("name", o.stage, "Only this stage's reference");
   stages->add_flag("--markdown", o.markdown, "Write the reference in Markdown (docs/stages.md)");
   stages->add_option("--plugin", o.common.plugins, "Load a plugin; repeatable")->type_name("PATH");
   return stages;
@@ -196,12 +209,17 @@ CLI::App* add_stages(CLI::App& app, Options& o) {
 void add_cache(CLI::App& app, Options& o, Subcommands& s) {
   s.cache = app.add_subcommand("cache", "Inspect or clear the feature cache");
   s.cache->require_subcommand(1);
-  s.cache_ls = s.cache->add_subcommand("ls", "List cache entries");
-  s.cache_ls->add_option("--dir", o.cache_dir, "Cache directory (default: $PIPE_CACHE_DIR, $XDG_CACHE_HOME/pipe, ~/.cache/pipe)");
-  auto* rm = s.cache->add_subcommand("rm", "Remove cache entries by fingerprint prefix, or --all");
-  rm->add_option("fingerprint", o.prefix, "Fingerprint or its prefix");
-  rm->add_flag("--all", o.all, "Remove every entry");
-  rm->add_option("--dir", o.cache_dir, "Cache directory");
+  s.cache_ls = s.cache->add_subcommand("ls", "List cache entries: key, nodes, split, views, rows, size, last use");
+  s.cache_ls->add_option("--dir", o.cache.dir, "Cache directory (default: $PIPE_CACHE_DIR, $XDG_CACHE_HOME/pipe, ~/.cache/pipe)");
+  s.cache_ls->add_flag("--json", o.cache.json, "JSON: the entries and their total, for scripts");
+  auto* rm = s.cache->add_subcommand("rm", "Remove cache entries by fingerprint prefix, by last use, or --all");
+  rm->add_option("fingerprint", o.cache.prefix, "Fingerprint or its prefix");
+  rm->add_option("--older-than", o.cache.older_than, "Only entries last used more than DAYS ago")->type_name("DAYS");
+  rm->add_flag("--all", o.cache.all, "Remove every entry");
+  rm->add_option("--dir", o.cache.dir, "Cache directory");
+  s.cache_gc = s.cache->add_subcommand("gc", "Remove least recently used entries until the cache fits in SIZE");
+  s.cache_gc->add_option("--max-size", o.cache.max_size, "e.g. 500M, 2G (K, M, G, T: powers of 1024)")->type_name("SIZE")->required();
+  s.cache_gc->add_option("--dir", o.cache.dir, "Cache directory");
 }
 
 CLI::App* add_bench(CLI::App& app, Options& o) {
@@ -238,6 +256,25 @@ CLI::App* add_compare(CLI::App& app, Options& o) {
   return c;
 }
 
+CLI::App* add_sweep(CLI::App& app, Options& o) {
+  auto* w = app.add_subcommand("sweep", "Run a graph over a grid of --set values x seeds: sweep.csv, sweep.md, sweep.png; "
+                                        "exit code = failed runs");
+  SweepOptions& s = o.sweep;
+  w->add_option("graph", s.graph, "Graph YAML file")->required();
+  w->add_option("--grid", s.grid, "Values to sweep, e.g. --grid nodes.head.lr=1e-4,1e-3 (repeatable)")->type_name("KEY=V1,V2,...");
+  w->add_option("--set", s.sets, "Override a value in every run (repeatable)")->type_name("KEY=VALUE");
+  w->add_option("--seeds", s.seeds, "Runs per grid cell: train.seed (and the source's split_seed) = 1..N")->type_name("N");
+  w->add_option("--out", s.out, "Sweep directory (default: sweeps/<graph>-<hash of the sweep>)")->type_name("DIR");
+  w->add_option("--jobs", s.jobs, "Runs at once (each gets --threads / J threads)")->type_name("J");
+  w->add_option("--threads", s.threads, "Threads for all runs together (default: all cores)")->type_name("T");
+  w->add_option("--plot-x", s.plot_x, "sweep.png's x axis (default: the first --grid key)")->type_name("KEY");
+  w->add_option("--metric", s.metric, "sweep.png's y: train_acc, val_acc, best_val_acc (default), test_acc, seconds")
+      ->type_name("NAME");
+  w->add_option("--plugin", s.plugins, "Load a plugin in every run; repeatable")->type_name("PATH");
+  w->add_flag("--allow-plugins", s.allow_plugins, "Load the plugins the graph lists (also PIPE_ALLOW_PLUGINS=1)");
+  return w;
+}
+
 // In the order of `pipe --help`.
 Subcommands add_subcommands(CLI::App& app, Options& o) {
   Subcommands s;
@@ -246,12 +283,14 @@ Subcommands add_subcommands(CLI::App& app, Options& o) {
   s.predict = add_predict(app, o);
   s.runs = add_runs(app, o);
   s.compare = add_compare(app, o);
+  s.sweep = add_sweep(app, o);
   s.validate->add_flag("--no-plugins", o.common.no_plugins,
                        "Load none of the plugins the graph lists; check everything else (their stages are warnings)")
       ->excludes("--allow-plugins");
   s.stages = add_stages(app, o);
   s.plan = add_graph_reader(app, "plan", "Print the ops each pass will run, what the cache serves, and each cache key", o);
   s.dot = add_graph_reader(app, "graph", "Print the resolved graph in Graphviz DOT", o);
+  s.dot->add_option("--png", o.png, "Draw it into FILE instead, with Graphviz's dot")->type_name("FILE");
   add_cache(app, o, s);
   s.bench = add_bench(app, o);
   return s;
@@ -275,34 +314,30 @@ int cmd_plan(const Options& o) {
 int cmd_graph(const Options& o) {
   auto spec = load_valid(o.graph, o.common);
   if (!spec) return 2;
-  std::fputs(graph_dot(*spec).c_str(), stdout);
-  return 0;
+  if (o.png.empty()) {
+    std::fputs(graph_dot(*spec).c_str(), stdout);
+    return 0;
+  }
+  const DotRender r = render_dot_png(graph_dot(*spec), o.png);
+  if (r.exit_code != 0) std::fprintf(stderr, "pipe graph: %s\n", r.error.c_str());
+  return r.exit_code;
 }
 
 int cmd_stages(const Options& o) {
   if (!load_plugins(o.common)) return 2;
-  std::fputs((o.markdown ? stages_markdown(Registry::global()) : stages_text(Registry::global())).c_str(), stdout);
-  return 0;
-}
-
-int cmd_cache_ls(const FeatureCache& store) {
-  const auto entries = store.list();
-  std::printf("%s: %zu entr%s\n", store.root().c_str(), entries.size(), entries.size() == 1 ? "y" : "ies");
-  for (const auto& e : entries)
-    std::printf("%.12s  %-10s %6lld x %d views  %8.1f MB  %s  %s\n", e.fingerprint.c_str(), e.split.c_str(),
-                static_cast<long long>(e.count), e.views, static_cast<double>(e.bytes) / 1e6, e.created.c_str(),
-                e.description.c_str());
-  return 0;
-}
-
-int cmd_cache_rm(FeatureCache& store, const Options& o) {
-  if (!o.all && o.prefix.empty()) {  // removing everything takes an explicit --all
-    std::fprintf(stderr, "pipe cache rm: give a fingerprint prefix or --all\n");
+  const Registry& r = Registry::global();
+  if (o.stage.empty()) {
+    std::fputs((o.markdown ? stages_markdown(r) : stages_text(r)).c_str(), stdout);
+    return 0;
+  }
+  std::string hint;
+  const StageEntry* e = find_stage(r, o.stage, &hint);
+  if (!e) {
+    std::fprintf(stderr, "pipe stages: unknown stage '%s'%s\n", o.stage.c_str(),
+                 hint.empty() ? " (pipe stages lists them all)" : fmt::format(" (did you mean '{}'?)", hint).c_str());
     return 2;
   }
-  const CacheRemoved r = o.all ? store.remove_all() : store.remove(o.prefix);
-  std::printf("removed %d entr%s (%d fingerprint%s, %.1f MB)\n", r.entries, r.entries == 1 ? "y" : "ies",
-              r.fingerprints, r.fingerprints == 1 ? "" : "s", static_cast<double>(r.bytes) / 1e6);
+  std::fputs((o.markdown ? stage_markdown(*e) : stage_text(*e)).c_str(), stdout);
   return 0;
 }
 
@@ -337,7 +372,22 @@ std::optional<std::string> resolve_graph_to_run(Options& o) {
   return info.resolved_hash;
 }
 
+// --out DIR must be new or empty (a run would mix its files into, and over, what DIR holds)
+// unless --force; a resumed run writes into its own directory and takes no --out.
+bool out_dir_allowed(const Options& o) {
+  if (!o.resume.empty() && !o.out.empty()) {
+    std::fprintf(stderr, "pipe run: --resume DIR continues the run in DIR; it takes no --out\n");
+    return false;
+  }
+  std::error_code ec;
+  if (o.out.empty() || o.force || !fs::is_directory(o.out, ec) || fs::is_empty(o.out, ec)) return true;
+  std::fprintf(stderr, "pipe run: --out %s: the directory is not empty; a run would mix its files with (and "
+               "replace) what it holds. Choose a new directory, or pass --force to write into it anyway\n", o.out.c_str());
+  return false;
+}
+
 int cmd_run(Options& o) {
+  if (!out_dir_allowed(o)) return 2;
   const std::optional<std::string> expect_hash = resolve_graph_to_run(o);
   if (!expect_hash) return 2;
   auto spec = load_valid(o.graph, o.common);
@@ -351,18 +401,33 @@ int cmd_run(Options& o) {
   RunConfig cfg;
   cfg.threads = o.threads;
   cfg.out_dir = o.out;
-  cfg.progress = !o.no_progress && ::isatty(STDERR_FILENO);
+  cfg.progress = !o.no_progress && !o.quiet && ::isatty(STDERR_FILENO);
+  cfg.quiet = o.quiet;
+  cfg.verbose = o.verbose;
   cfg.stop = &g_stop;
   cfg.overrides = o.common.sets;
   cfg.resume_dir = o.resume;
   RunResult r = run_graph(*spec, cfg);
   print_table(r);
-  print_profile(r);
+  if (!o.quiet) print_profile(r);
   if (r.interrupted) {
     std::fprintf(stderr, "pipe: interrupted after %zu epoch(s); partial results in %s\n", r.epochs.size(), r.out_dir.c_str());
     return 130;
   }
   return 0;
+}
+
+// Each run's values are checked by the code path of `pipe run --set`, before any run starts.
+int cmd_sweep(Options& o) {
+  Common c = o.common;
+  c.plugins.insert(c.plugins.end(), o.sweep.plugins.begin(), o.sweep.plugins.end());
+  c.allow_plugins = o.sweep.allow_plugins;
+  const SweepValidator validate = [&](const std::vector<std::string>& sets) {
+    c.sets = sets;
+    return load_valid(o.sweep.graph, c);
+  };
+  std::signal(SIGINT, on_sigint);
+  return run_sweep(o.sweep, validate, &g_stop, stdout, stderr);
 }
 
 // The exit code of the one subcommand given (CLI11 requires exactly one).
@@ -376,10 +441,11 @@ int dispatch(const Subcommands& s, Options& o) {
   if (*s.dot) return cmd_graph(o);
   if (*s.stages) return cmd_stages(o);
   if (*s.cache) {
-    FeatureCache store(resolve_cache_dir(o.cache_dir));
-    return *s.cache_ls ? cmd_cache_ls(store) : cmd_cache_rm(store, o);
+    if (*s.cache_ls) return run_cache_ls(o.cache, stdout, stderr);
+    return *s.cache_gc ? run_cache_gc(o.cache, stdout, stderr) : run_cache_rm(o.cache, stdout, stderr);
   }
   if (*s.run) return cmd_run(o);
+  if (*s.sweep) return cmd_sweep(o);
   return 0;
 }
 

@@ -905,6 +905,8 @@ std::shared_ptr<const FeatureCache::Entry> FeatureCache::open(const std::string&
     e->row_floats_ = layout.row_floats;
     e->rows_ = reinterpret_cast<const float*>(static_cast<const unsigned char*>(mapping->addr) + layout.header.size());
     e->mapping_ = std::move(mapping);
+    // Last use, for `pipe cache gc` and `rm --older-than`; a read-only cache stays as it is.
+    ::utimensat(AT_FDCWD, manifest.c_str(), nullptr, 0);
     return e;
   } catch (const Corrupt& c) {
     discard_entry(c, manifest, npy, entry_dir(fingerprint) + "/" + split + ".lock",
@@ -1029,6 +1031,8 @@ std::vector<CacheEntryInfo> FeatureCache::list() const {
         info.skipped = static_cast<int64_t>(member(m, "skipped").size());
         info.description = field<std::string>(m, "description");
         info.created = field<std::string>(m, "created");
+        struct stat st {};
+        if (::stat(manifest_path(fp, split).c_str(), &st) == 0) info.last_used = st.st_mtime;
         info.path = npy_path(fp, split);
         info.bytes = file_size(info.path) + file_size(manifest_path(fp, split));
         out.push_back(std::move(info));
@@ -1074,6 +1078,20 @@ CacheRemoved FeatureCache::remove_all() {
   CacheRemoved r;
   for (const std::string& fp : entry_dirs(root_)) remove_entry_dir(entry_dir(fp), r);
   return r;
+}
+
+std::optional<uint64_t> FeatureCache::evict(const std::string& fingerprint, const std::string& split) {
+  check_names(fingerprint, split);
+  const int lock = acquire_lock(entry_dir(fingerprint) + "/" + split + ".lock", false,
+                                (shared_ ? kOwnerAndGroup : kOwnerOnly).file);
+  if (lock < 0) return std::nullopt;  // being written: its writer would recreate it anyway
+  uint64_t bytes = 0;
+  for (const std::string& path : {manifest_path(fingerprint, split), npy_path(fingerprint, split)}) {
+    const uint64_t size = file_size(path);
+    if (::unlink(path.c_str()) == 0) bytes += size;
+  }
+  ::close(lock);
+  return bytes;
 }
 
 }  // namespace pipeline

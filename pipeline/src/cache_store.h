@@ -31,7 +31,10 @@
 // flock belongs to an open file, so within one process a second begin() for an entry whose
 // Writer is still alive waits forever: hold one Writer per entry (try_begin says nullopt).
 // `pipe cache rm` while a run writes the same entry is not guarded against (the run's
-// commit then recreates it).
+// commit then recreates it); evict() (`pipe cache rm --older-than`, `pipe cache gc`) is: it
+// takes the entry's lock without waiting and leaves an entry being written alone.
+//
+// Last use: the manifest's mtime. commit() sets it, and open() touches it on every hit.
 //
 // Hash: XXH3-128 (Yann Collet's xxHash, 128-bit XXH3 variant, default secret, seed 0;
 // Debian's libxxhash, xxhash.h 0.8.1), streamed through an XXH3_state_t and printed as 32
@@ -45,6 +48,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <ctime>
 #include <memory>
 #include <optional>
 #include <string>
@@ -100,6 +104,7 @@ struct CacheEntryInfo {
   uint64_t bytes = 0;  // .npy + manifest on disk
   std::string description;
   std::string created;  // UTC, ISO 8601
+  std::time_t last_used = 0;  // the manifest's mtime (see "Last use" above)
   std::string path;     // the .npy file
 };
 
@@ -154,6 +159,10 @@ class FeatureCache {
   // the cache's own (valid name; nothing but .npy/.json/.lock/temp files, at least one
   // .lock) are listed or removed: a cache dir pointed at a home directory loses nothing else.
   CacheRemoved remove_all();
+  // Removes the complete entry (fingerprint, split), manifest first, while holding its lock;
+  // returns the bytes freed, or nullopt (and removes nothing) when a writer holds the lock.
+  // Its lock file stays: a process may be waiting on it. Prints nothing.
+  std::optional<uint64_t> evict(const std::string& fingerprint, const std::string& split);
 
   std::string entry_dir(const std::string& fingerprint) const;
   std::string npy_path(const std::string& fingerprint, const std::string& split) const;

@@ -87,6 +87,23 @@ void make_dirs(const std::string& path, mode_t dir_mode) {
     throw std::runtime_error(fmt::format("{} is not a directory", path));
 }
 
+std::string make_new_dir(const std::string& base, mode_t dir_mode) {
+  const std::string parent = std::filesystem::path(base).parent_path().string();
+  if (!parent.empty()) make_dirs(parent, dir_mode);
+  for (int n = 1; n <= 10000; ++n) {
+    const std::string path = n == 1 ? base : fmt::format("{}-{}", base, n);
+    if (::mkdir(path.c_str(), dir_mode) != 0) {
+      if (errno == EEXIST) continue;  // taken (by a run started in the same second): next suffix
+      throw std::runtime_error(fmt::format("cannot create {}: {}", path, std::strerror(errno)));
+    }
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0 || ::chmod(path.c_str(), dir_mode | (st.st_mode & S_ISGID)) != 0)
+      throw std::runtime_error(fmt::format("cannot set the mode of {}: {}", path, std::strerror(errno)));
+    return path;
+  }
+  throw std::runtime_error(fmt::format("cannot create {}: it and 9999 numbered variants exist", base));
+}
+
 std::string file_name_problem(std::string_view name, std::size_t max_bytes) {
   if (name.empty()) return "is empty";
   if (name == "." || name == "..") return fmt::format("is '{}'", name);

@@ -28,6 +28,11 @@ inline constexpr Modes kOwnerAndGroup{0770, 0660};
 // a parent passes on, which keeps a shared cache in its group). Existing directories keep
 // their mode. Throws std::runtime_error naming the directory.
 void make_dirs(const std::string& path, mode_t dir_mode);
+// Creates a directory that did not exist: `base`, or `base-2`, `base-3`... when mkdir(2) finds
+// one there (EEXIST), so that two processes naming a directory in the same second never share
+// it. Missing parents are made as make_dirs makes them. Returns the path created; throws
+// std::runtime_error naming the directory.
+std::string make_new_dir(const std::string& base, mode_t dir_mode);
 
 // Linux's NAME_MAX: the longest name of one directory entry, in bytes.
 inline constexpr std::size_t kMaxFileName = 255;

@@ -9,4 +9,9 @@
 namespace pipeline {
 std::string stages_text(const Registry& r);
 std::string stages_markdown(const Registry& r);
+// One stage's section of the above (`pipe stages NAME`).
+std::string stage_text(const StageEntry& e);
+std::string stage_markdown(const StageEntry& e);
+// The stage called `name`, or nullptr; then `hint` (when given) gets the closest name, or "".
+const StageEntry* find_stage(const Registry& r, const std::string& name, std::string* hint);
 }  // namespace pipeline
