@@ -112,7 +112,7 @@ class DenseHead : public SupervisedSink {
   torch::optim::Optimizer& optimizer() override { return *optimizer_impl_; }
   // The head is tiny, and OpenBLAS/ATen split its products differently at different thread
   // counts (last-ulp differences in losses were measured here).
-  bool one_thread() const override { return true; }
+  int training_threads() const override { return 1; }
 
   void build(int64_t in) override {
     head_ = Head(in, hidden_, classes() == 2 ? 1 : classes(), dropout_);

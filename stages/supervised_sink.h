@@ -9,6 +9,7 @@
 // `gen()`, seeded from the run seed and the node name.
 #pragma once
 
+#include <atomic>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -18,12 +19,13 @@
 #include "files.h"
 #include "pipe/rng.h"
 #include "pipe/stage.h"
+#include "running_loss.h"
 #include "script_export.h"
 #include "torch_util.h"
 
 namespace pipeline::stages {
 
-class SupervisedSink : public SinkStage, public ModelExport, public LearningRate {
+class SupervisedSink : public SinkStage, public ModelExport, public LearningRate, public RunningLoss {
  public:
   void begin_run(const RunInfo& run) override {
     class_names_ = run.classes;
@@ -39,22 +41,23 @@ class SupervisedSink : public SinkStage, public ModelExport, public LearningRate
   void begin_epoch(Split split, int) override {
     training_ = split == Split::train;
     sums_.reset();
+    running_loss_ = -1;
   }
 
   void consume(Batch& batch) override {
     if (batch.samples.empty()) return;
-    // Small networks: OpenBLAS/ATen split their products differently at different thread
-    // counts (last-ulp differences in losses), so a subclass may ask for one thread to keep a
-    // seeded run's metrics identical whatever --threads says.
-    const int prev = at::get_num_threads();
-    if (one_thread()) at::set_num_threads(1);
+    // OpenBLAS/ATen split products and convolution reductions differently at different
+    // thread counts (last-ulp differences in losses), so a subclass trains at a thread count
+    // of its own to keep a seeded run's metrics identical whatever --threads says.
+    const int prev = at::get_num_threads(), fixed = training_threads();
+    if (fixed > 0) at::set_num_threads(fixed);
     struct Restore {
       int n;
       bool on;
       ~Restore() {
         if (on) at::set_num_threads(n);
       }
-    } restore{prev, one_thread()};
+    } restore{prev, fixed > 0};
     if (!gen_.defined()) throw std::logic_error(fmt::format("{}: consume() before begin_run()", what_));
     torch::Tensor x = inputs(batch);
     const std::vector<int64_t> labels = batch.labels();
@@ -74,6 +77,7 @@ class SupervisedSink : public SinkStage, public ModelExport, public LearningRate
   }
 
   SplitMetrics end_epoch() override { return sums_.metrics(); }
+  double running_loss() const override { return running_loss_.load(std::memory_order_relaxed); }
 
   void mark_best(int) override {
     if (width_ > 0) best_ = torchu::snapshot(net());
@@ -148,7 +152,8 @@ class SupervisedSink : public SinkStage, public ModelExport, public LearningRate
   virtual torch::jit::Module script_net() = 0;
   virtual torch::optim::Optimizer& optimizer() = 0;
   virtual torch::Device device() const { return torch::kCPU; }
-  virtual bool one_thread() const { return false; }
+  // Intra-op threads for consume(), independent of --threads; 0 = the run's.
+  virtual int training_threads() const { return 0; }
 
   bool built() const { return width_ > 0; }
   int64_t classes() const { return classes_; }
@@ -180,6 +185,7 @@ class SupervisedSink : public SinkStage, public ModelExport, public LearningRate
     }
     torch::NoGradGuard no_grad;
     sums_.add(l.item<double>(), predict(logits).eq(y).sum().item<int64_t>(), n);
+    running_loss_.store(sums_.metrics().loss, std::memory_order_relaxed);
   }
 
   std::string node_, what_;
@@ -191,6 +197,7 @@ class SupervisedSink : public SinkStage, public ModelExport, public LearningRate
   std::vector<torch::Tensor> best_;
   bool training_ = false;
   MetricSum sums_;
+  std::atomic<double> running_loss_{-1};  // sums_'s loss, for a progress line on another thread
 };
 
 }  // namespace pipeline::stages

@@ -176,7 +176,7 @@ Readme readme_row(const std::string& graph) {
 // cache, against the numbers the README states. Runs are deterministic on one machine; across
 // machines BLAS kernels differ in the last bits, which moved the cached test accuracy by 0.2
 // points between two machines (README), and the last epoch's validation accuracy moves most
-// (regime B's measured 86.0% here against the README's 84.5%, same best epoch value).
+// (regime B's final 84.5% on an earlier machine, 86.0% on the one the README now quotes).
 // Tolerance: 2 points (20 of 1,000 images) on each accuracy, above that and well below what a
 // broken regime loses (a head on random features is at ~50%; no augmentation, or augmented
 // evaluation, moves regime B by several points).

@@ -1,5 +1,6 @@
 #include "runner.h"
 
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -25,6 +27,7 @@
 #include "runs.h"
 #include "torch_runtime.h"
 #include "plan.h"
+#include "running_loss.h"
 
 namespace fs = std::filesystem;
 
@@ -93,26 +96,45 @@ struct Node {
 // A progress line on a terminal, redrawn at most ~10 times a second.
 class Progress {
  public:
-  explicit Progress(bool enabled) : enabled_(enabled) {}
-  void update(const std::string& label, int64_t done, int64_t total) {
+  explicit Progress(bool enabled) : enabled_(enabled) {
+    winsize ws{};
+    if (enabled_ && ::ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0) columns_ = ws.ws_col;
+  }
+  // A new pass: its clock starts now. `loss`: the running training loss, or empty.
+  void start(const std::string& label, std::function<double()> loss) {
+    line_ = ProgressLine{label, 0, 0, 0, -1};
+    loss_ = std::move(loss);
+    t0_ = now_s();
+    last_ = 0;
+  }
+  void update(int64_t done, int64_t total) {
     if (!enabled_ || total <= 0) return;
     const double t = now_s();
     if (done < total && t - last_ < 0.1) return;
     last_ = t;
-    const int width = 30;
-    const int filled = static_cast<int>(width * done / total);
-    std::fprintf(stderr, "\r  %-24s [%s%s] %lld/%lld", label.c_str(), std::string(static_cast<size_t>(filled), '#').c_str(),
-                 std::string(static_cast<size_t>(width - filled), '.').c_str(), static_cast<long long>(done),
-                 static_cast<long long>(total));
+    line_.done = done;
+    line_.total = total;
+    line_.elapsed_s = t - t0_;
+    line_.loss = loss_ ? loss_() : -1;
+    // The bar takes what the terminal has left, up to 30: a line that wraps cannot be redrawn by '\r'.
+    const int rest = columns_ - 1 - static_cast<int>(format_progress(line_, 0).size());
+    const std::string text = format_progress(line_, std::clamp(rest, 0, 30));
+    width_ = std::max(width_, text.size());
+    std::fprintf(stderr, "\r%s", text.c_str());
     std::fflush(stderr);
   }
   void clear() {
-    if (enabled_) std::fprintf(stderr, "\r%80s\r", "");
+    if (enabled_ && width_ > 0) std::fprintf(stderr, "\r%*s\r", static_cast<int>(width_), "");
+    width_ = 0;
   }
 
  private:
   bool enabled_;
-  double last_ = 0;
+  ProgressLine line_;
+  std::function<double()> loss_;
+  double t0_ = 0, last_ = 0;
+  size_t width_ = 0;  // the longest line drawn, for clear()
+  int columns_ = 80;
 };
 
 // One sink of the graph and what it has reported so far.
@@ -134,6 +156,9 @@ class Run {
     setup();
     const int first_epoch = cfg_.resume_dir.empty() ? 1 : resume() + 1;
     std::ofstream metrics = open_outputs();
+    // A checkpoint of the untrained state: a run interrupted in its first epoch (during the
+    // extraction, often the longest part of a run) can be resumed too.
+    if (cfg_.write_outputs && cfg_.resume_dir.empty() && can_resume()) checkpoint(0);
     for (int e = first_epoch; e <= spec_.train.epochs && !res_.interrupted && !stopped(); ++e) epoch(e, metrics);
     if (!res_.interrupted && source_->size(Split::test) > 0) {
       for (SinkRun& s : sinks_)
@@ -154,8 +179,10 @@ class Run {
  private:
   void setup() {
     res_.out_dir = cfg_.resume_dir.empty() ? out_dir() : cfg_.resume_dir;
-    // Owner only: a run holds what was learnt from the user's images (docs/security.md).
-    if (cfg_.write_outputs) make_dirs(res_.out_dir, kOwnerOnly.dir);
+    // Owner only: a run holds what was learnt from the user's images (docs/security.md). A
+    // default name is taken by mkdir alone, so runs started in the same second never share one.
+    if (cfg_.write_outputs && default_out_dir()) res_.out_dir = make_new_dir(res_.out_dir, kOwnerOnly.dir);
+    else if (cfg_.write_outputs) make_dirs(res_.out_dir, kOwnerOnly.dir);
     threads_ = configure_threads(cfg_.threads);
     torch_manual_seed(spec_.train.seed);
     source_ = spec_.source_entry->make_source(spec_.source_params, SourceContext{spec_.dir});
@@ -190,8 +217,8 @@ class Run {
     if (watches && source_->size(Split::validation) == 0)
       throw std::runtime_error(fmt::format("{}: train.early_stopping and lr_schedule 'plateau' watch the validation "
                                            "split, and this graph's source has none", spec_.file));
+    if (cfg_.verbose) std::fprintf(stderr, "pipe: %s\n", torch_runtime_info().c_str());
     if (!cfg_.quiet) {
-      std::fprintf(stderr, "pipe: %s\n", torch_runtime_info().c_str());
       std::fprintf(stderr, "pipe: %s: %lld train, %lld validation, %lld test samples; %d epochs; %d threads\n",
                    spec_.name.c_str(), static_cast<long long>(source_->size(Split::train)),
                    static_cast<long long>(source_->size(Split::validation)),
@@ -510,11 +537,14 @@ class Run {
     return done;
   }
 
+  bool default_out_dir() const { return cfg_.resume_dir.empty() && cfg_.out_dir.empty() && spec_.output_dir.empty(); }
+
   std::string out_dir() const {
     if (!cfg_.out_dir.empty()) return cfg_.out_dir;
     if (!spec_.output_dir.empty()) return spec_.output_dir;
     const std::string stamp = timestamp();
-    return (fs::path("runs") / fmt::format("{}-{}", safe_file_name(spec_.name, kMaxFileName - stamp.size() - 1), stamp)).string();
+    const size_t suffix = 6;  // room for make_new_dir's "-10000"
+    return (fs::path("runs") / fmt::format("{}-{}", safe_file_name(spec_.name, kMaxFileName - stamp.size() - 1 - suffix), stamp)).string();
   }
 
   // The complete entry for a cache point, opened once per run and kept (nullptr: missing).
@@ -588,7 +618,8 @@ class Run {
       for (size_t k = 0; k < sinks_.size(); ++k)
         if (in_pass(plan, sinks_[k].node)) sinks_[k].impl->begin_epoch(plan.split, plan.epoch);
     const std::string label = main_pass ? fmt::format("epoch {} {}", plan.epoch, split_name(plan.split)) : plan.purpose;
-    p.progress = [this, label](int64_t done, int64_t total) { progress_.update(label, done, total); };
+    progress_.start(label, main_pass && plan.split == Split::train ? running_loss(plan) : std::function<double()>());
+    p.progress = [this](int64_t done, int64_t total) { progress_.update(done, total); };
     const int64_t busy0 = sinks_busy();
     PassResult r = run_pass(p, profile_);
     progress_.clear();
@@ -607,6 +638,14 @@ class Run {
       for (size_t k = 0; k < sinks_.size(); ++k)
         if (in_pass(plan, sinks_[k].node)) out[k] = sinks_[k].impl->end_epoch();
     return out;
+  }
+
+  // The running loss of the first reporting sink in the pass that can tell it (empty: none).
+  std::function<double()> running_loss(const PassPlan& plan) const {
+    for (const SinkRun& s : sinks_)
+      if (const auto* r = dynamic_cast<const RunningLoss*>(s.impl); r && s.r.reports && in_pass(plan, s.node))
+        return [r] { return r->running_loss(); };
+    return {};
   }
 
   static bool in_pass(const PassPlan& plan, int node) {
@@ -814,6 +853,33 @@ class Run {
 
 RunResult run_graph(const GraphSpec& spec, const RunConfig& config) { return Run(spec, config).go(); }
 
+namespace {
+
+// 75 -> "1:15", 3725 -> "1:02:05".
+std::string clock_text(double seconds) {
+  const auto s = static_cast<long long>(seconds + 0.5);
+  if (s >= 3600) return fmt::format("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60);
+  return fmt::format("{}:{:02}", s / 60, s % 60);
+}
+
+}  // namespace
+
+std::string format_progress(const ProgressLine& p, int bar_width) {
+  const int64_t total = std::max<int64_t>(p.total, 1), done = std::clamp<int64_t>(p.done, 0, total);
+  const auto filled = static_cast<size_t>(bar_width * done / total);
+  // done is as wide as total, so that the columns after it stand still.
+  std::string out = fmt::format("  {:<20} [{}{}] {:>{}}/{}", p.label, std::string(filled, '#'),
+                                std::string(static_cast<size_t>(bar_width) - filled, '.'), p.done,
+                                std::to_string(p.total).size(), p.total);
+  // Before half a second has passed the rate is mostly start-up (the first batch, a model's
+  // first call): "-" rather than a wild estimate.
+  const double rate = p.elapsed_s >= 0.5 && done > 0 ? static_cast<double>(done) / p.elapsed_s : 0;
+  out += rate > 0 ? fmt::format("  {:>6.0f} img/s  ETA {:>5}", rate, clock_text(static_cast<double>(total - done) / rate))
+                  : fmt::format("  {:>6} img/s  ETA {:>5}", "-", "-");
+  if (p.loss >= 0) out += fmt::format("  loss {:.4f}", p.loss);
+  return out;
+}
+
 std::string resolved_hash(const GraphSpec& spec) {
   YAML::Node r = YAML::Clone(spec.resolved);
   r.remove("output");  // where the run writes does not change what it computes
@@ -825,8 +891,8 @@ ResumeInfo read_resume_info(const std::string& run_dir) {
   fs::path st = fs::path(run_dir) / "checkpoint" / "state.json";
   if (!fs::exists(st)) st = fs::path(run_dir) / "checkpoint.old" / "state.json";
   if (!fs::exists(st))
-    throw std::runtime_error(fmt::format("{}: no checkpoint to resume from (a run checkpoints at the end of each "
-                                         "completed epoch)", run_dir));
+    throw std::runtime_error(fmt::format("{}: no checkpoint to resume from (a run checkpoints as it "
+                                         "starts and at the end of each completed epoch)", run_dir));
   const json n = read_json(st.string());
   ResumeInfo info;
   try {

@@ -21,6 +21,7 @@ struct RunConfig {
   bool write_outputs = true;
   bool progress = false;    // a live progress bar (on a terminal)
   bool quiet = false;       // no per-epoch lines
+  bool verbose = false;     // also the LibTorch runtime line (threads, BLAS) at the start
   bool ordered = true;      // benchmarks only
   const std::atomic<bool>* stop = nullptr;
   // Recorded in the run's state.json so that `pipe run --resume` can rebuild the same spec.
@@ -76,6 +77,18 @@ struct RunResult {
   nlohmann::ordered_json summary;  // as summary.json and profile.json hold them
   nlohmann::ordered_json profile;
 };
+
+// What the progress line of a pass shows (drawn on a terminal only).
+struct ProgressLine {
+  std::string label;       // "epoch 3 train"
+  int64_t done = 0, total = 0;
+  double elapsed_s = 0;    // since the pass started
+  double loss = -1;        // the running training loss; < 0: not shown
+};
+// The line's text, without the leading '\r': label, bar of `bar_width`, done/total, rate
+// (img/s), ETA (m:ss, or h:mm:ss) and the loss. Rate and ETA read "-" for the first half
+// second, and until a sample is done. Pure, so that it is tested without a terminal.
+std::string format_progress(const ProgressLine& p, int bar_width = 30);
 
 // Sets TBB's and LibTorch's thread counts together (n <= 0: all cores) and returns n.
 int configure_threads(int n);
