@@ -8,6 +8,11 @@
 // Pixels become x = p * rescale, or (p * rescale - mean[c]) / std[c] when mean/std are given.
 // On CUDA the host batch is allocated in pinned memory and copied with non_blocking=true;
 // `bf16: true` runs the forward under CUDA autocast to bfloat16 (ignored on the CPU).
+// `optimize: auto` (the default) runs the base on the CPU as frozen TorchScript passed
+// through optimize_for_inference, what `torch.jit.freeze` + `torch.jit.optimize_for_inference`
+// give a PyTorch user: BatchNorm folded into the convolutions, conv+ReLU fused, oneDNN
+// weights prepacked (measured in `pipe bench`). Its features differ from eager in the last
+// bits, so the fingerprint says which forward made them: a cache never mixes the two.
 // fingerprint() identifies the weights by content (FNV-1a of the weights or TorchScript
 // file) so that a cache keyed on it is invalidated by any change of the weights.
 // Params:
@@ -17,7 +22,7 @@
 //                     tensor by tensor); "" = random init, tests only
 //   init_seed: N      seed of the random init when weights is ""
 //   device: auto|cpu|cuda|cuda:N,  batch: N (0 = chosen for the device),  rescale, mean, std,
-//   bf16: bool
+//   bf16: bool,  optimize: auto|off
 //
 // Example config:
 //   features: {stage: convbase, model: "builtin:small_vgg",
@@ -27,7 +32,6 @@
 
 #include <ATen/autocast_mode.h>
 #include <fmt/format.h>
-#include <caffe2/serialize/inline_container.h>
 #include <torch/script.h>
 
 #include "builtin.h"
@@ -61,6 +65,44 @@ class ConvBase : public BatchStage, public Scriptable {
         norm_(torchu::image_norm(p, what_)),
         batch_(choose_batch(static_cast<int>(p.get(kBatch)), device_)),
         bf16_(p.get(kBf16)) {
+    load_model(p, ctx);
+    // CUDA keeps the eager forward: the frozen path is measured and tested on the CPU only.
+    if (p.get(kOptimize) == Optimize::automatic && !device_.is_cuda()) optimize();
+  }
+
+  int batch_size() const override { return batch_; }
+
+  // For model.pt: the normalization and the network, in float32 on the CPU (bf16 is a
+  // CUDA speed option, not part of what the base computes).
+  torch::jit::Module script() const override {
+    ScriptWriter w("ConvBase");
+    script_norm(w, norm_);
+    if (builtin_) script_layers(w, builtin_, "layer");
+    else w.line(fmt::format("x = {}(x)", w.module("net", *script_)));
+    return w.finish();
+  }
+  std::string fingerprint() const override { return fingerprint_; }
+
+  void process(Batch& batch) override {
+    if (batch.samples.empty()) return;
+    const bool cuda = device_.is_cuda();
+    torch::Tensor x = torchu::images_to_tensor(batch.samples, norm_, /*pinned=*/cuda);
+    torch::InferenceMode inference;
+    torch::Tensor y = forward(x.to(device_, /*non_blocking=*/cuda));
+    y = y.to(torch::kCPU, torch::kFloat).contiguous();
+    if (y.dim() < 2 || y.size(0) != static_cast<int64_t>(batch.size()))
+      throw std::runtime_error(fmt::format("{}: the model returned shape ({}) for a batch of {}",
+                                           what_, fmt::join(y.sizes(), ", "), batch.size()));
+    for (size_t i = 0; i < batch.size(); ++i) {
+      Sample& s = batch.samples[i];
+      s.features = torchu::from_torch(y[static_cast<int64_t>(i)]);  // aliases the batch output
+      s.image.release();
+    }
+  }
+
+ private:
+  // builtin_ (with its weights) or script_, frozen and on the device; sets fingerprint_.
+  void load_model(const Params& p, const StageContext& ctx) {
     const std::string model = p.get(kModel);
     const std::string weights = p.get(kWeights);
     if (model.rfind("builtin:", 0) == 0) {
@@ -99,58 +141,38 @@ class ConvBase : public BatchStage, public Scriptable {
     }
   }
 
-  int batch_size() const override { return batch_; }
-
-  // For model.pt: the normalization and the network, in float32 on the CPU (bf16 is a
-  // CUDA speed option, not part of what the base computes).
-  torch::jit::Module script() const override {
-    ScriptWriter w("ConvBase");
-    script_norm(w, norm_);
-    if (builtin_) script_layers(w, builtin_, "layer");
-    else w.line(fmt::format("x = {}(x)", w.module("net", *script_)));
-    return w.finish();
-  }
-  std::string fingerprint() const override { return fingerprint_; }
-
-  void process(Batch& batch) override {
-    if (batch.samples.empty()) return;
-    const bool cuda = device_.is_cuda();
-    torch::Tensor x = torchu::images_to_tensor(batch.samples, norm_, /*pinned=*/cuda);
-    torch::InferenceMode inference;
-    torch::Tensor y = forward(x.to(device_, /*non_blocking=*/cuda));
-    y = y.to(torch::kCPU, torch::kFloat).contiguous();
-    if (y.dim() < 2 || y.size(0) != static_cast<int64_t>(batch.size()))
-      throw std::runtime_error(fmt::format("{}: the model returned shape ({}) for a batch of {}",
-                                           what_, fmt::join(y.sizes(), ", "), batch.size()));
-    for (size_t i = 0; i < batch.size(); ++i) {
-      Sample& s = batch.samples[i];
-      s.features = torchu::from_torch(y[static_cast<int64_t>(i)]);  // aliases the batch output
-      s.image.release();
+  // The base alone (normalization is done by images_to_tensor), frozen: parameters become
+  // constants, which lets optimize_for_inference fold and prepack them.
+  void optimize() {
+    torch::jit::Module m;
+    if (builtin_) {
+      ScriptWriter w("FrozenBase");
+      script_layers(w, builtin_, "layer");
+      m = w.finish();
+    } else {
+      m = script_->clone();
+      m.eval();
     }
+    try {
+      torch::jit::Module frozen = torch::jit::freeze(m);
+      fast_ = torch::jit::optimize_for_inference(frozen);
+    } catch (const c10::Error& e) {  // a TorchScript file freeze cannot take: say so, never guess
+      throw std::runtime_error(fmt::format("{}: optimize: auto cannot freeze this model ({}); set optimize: off",
+                                           what_, first_line(e.what_without_backtrace())));
+    }
+    fingerprint_ += " optimized";
   }
 
- private:
-  // torch::save(module) archives (train_base writes them), else a PyTorch state dict
-  // (torchvision's .pth files), checked tensor by tensor.
+  // A PyTorch state dict (torchvision's .pth files), checked tensor by tensor, else a
+  // torch::save(module) archive (train_base writes them). A state dict never reaches
+  // LibTorch's module loader: pipe's own reader takes tensors only (torch_pickle.h).
   void load_weights(const std::string& path, const std::string& model) {
+    if (torchu::is_state_dict_file(path)) return torchu::load_state_dict(*builtin_, path, what_);
     try {
       torch::load(builtin_, path);
-      return;
     } catch (const c10::Error& e) {
-      if (!is_pickled_dict(path))
-        throw std::runtime_error(fmt::format("{}: cannot load weights '{}' into {}: {}", what_, path, model,
-                                             first_line(e.what_without_backtrace())));
-    }
-    torchu::load_state_dict(*builtin_, path, what_);
-  }
-
-  // A torch.save() file of a plain object (data.pkl, no TorchScript code) rather than a module.
-  static bool is_pickled_dict(const std::string& path) {
-    try {
-      caffe2::serialize::PyTorchStreamReader reader(path);
-      return reader.hasRecord("data.pkl") && !reader.hasRecord("constants.pkl");
-    } catch (const std::exception&) {
-      return false;
+      throw std::runtime_error(fmt::format("{}: cannot load weights '{}' into {}: {}", what_, path, model,
+                                           first_line(e.what_without_backtrace())));
     }
   }
 
@@ -178,6 +200,7 @@ class ConvBase : public BatchStage, public Scriptable {
         }
       }
     } off{autocast};
+    if (fast_) return fast_->forward({x}).toTensor();
     if (builtin_) return builtin_->forward(x);
     return script_->forward({x}).toTensor();
   }
@@ -189,6 +212,7 @@ class ConvBase : public BatchStage, public Scriptable {
   bool bf16_;
   torch::nn::Sequential builtin_{nullptr};
   std::optional<torch::jit::Module> script_;
+  std::optional<torch::jit::Module> fast_;  // optimize: auto on the CPU
   std::string fingerprint_;
 };
 

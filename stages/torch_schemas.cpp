@@ -18,7 +18,7 @@ Schema convbase_schema() {
   // A batch stage: serial, owns the model and the device; batches internally.
   s.device().consumes(Payload::image).produces(Payload::features);
   s.param(kModel).param(kWeights).param(kInitSeed).param(kDevice).param(kBatch);
-  image_norm_params(s).param(kBf16);
+  image_norm_params(s).param(kBf16).param(kOptimize);
   s.example("{stage: convbase, model: \"builtin:small_vgg\", weights: ../models/small_vgg_fmnist.pt, "
             "device: auto}");
   return s;
@@ -50,7 +50,7 @@ Schema train_base_schema() {
            "Trains a builtin conv base end to end (+ global-average-pool or flatten + linear "
            "classifier, Adam) on image batches and saves the base's weights for convbase.");
   s.device().consumes(Payload::image).produces(Payload::any);
-  s.param(kModel).param(kClassifier).param(kLr).param(kWeightDecay).param(kDevice).param(kOut);
+  s.param(kModel).param(kClassifier).param(kLr).param(kWeightDecay).param(kDevice).param(kOut).param(kThreads);
   image_norm_params(s);
   s.example("{stage: train_base, model: \"builtin:small_vgg\", out: ../models/small_vgg_fmnist.pt}");
   return s;

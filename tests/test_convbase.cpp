@@ -86,7 +86,10 @@ TEST_CASE("convbase: features of small_vgg", "[convbase]") {
   if (torch_cuda_available())
     CHECK(testing::make<BatchStage>("{stage: convbase, model: 'builtin:small_vgg', device: cuda}")
               ->batch_size() == 256);
-  CHECK(stage->fingerprint() == "builtin:small_vgg random-init:0");
+  // optimize: auto (the default) on the CPU: the frozen forward, named in the fingerprint.
+  CHECK(stage->fingerprint() == "builtin:small_vgg random-init:0 optimized");
+  CHECK(testing::make<BatchStage>("{stage: convbase, model: 'builtin:small_vgg', optimize: off}")->fingerprint() ==
+        "builtin:small_vgg random-init:0");
 
   Batch four = batch_of({0, 1, 2, 3});
   stage->process(four);
@@ -140,6 +143,38 @@ TEST_CASE("convbase: features of small_vgg", "[convbase]") {
   }
 }
 
+// Features of `ids` (64x64 images) through small_vgg with the shipped weights at `threads`.
+std::vector<Tensor> shipped_features(const std::string& optimize, int threads, const std::vector<int64_t>& ids) {
+  torch_set_threads(threads);
+  auto stage = testing::make<BatchStage>(
+      "{stage: convbase, model: 'builtin:small_vgg', weights: models/small_vgg_fmnist.pt, optimize: " + optimize + "}",
+      "features", 1, PIPE_SOURCE_DIR);
+  Batch b = batch_of(ids, 64);
+  stage->process(b);
+  std::vector<Tensor> out;
+  for (Sample& s : b.samples) out.push_back(std::move(s.features));
+  torch_set_threads(2);
+  return out;
+}
+
+TEST_CASE("convbase optimize: auto agrees with the eager forward and repeats exactly at any thread count", "[convbase]") {
+  const std::vector<int64_t> ids = {0, 1, 2, 3, 4, 5, 6, 7};
+  const auto eager = shipped_features("off", 2, ids);
+  const auto fast1 = shipped_features("auto", 1, ids), fast2 = shipped_features("auto", 2, ids);
+  const auto fast4 = shipped_features("auto", 4, ids);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    float largest = 0;
+    for (int64_t k = 0; k < eager[i].numel(); ++k) largest = std::max(largest, std::fabs(eager[i].ptr()[k]));
+    INFO("image " << i << ", largest |feature| " << largest);
+    REQUIRE(largest > 0.1f);
+    // The documented tolerance (docs/performance.md): 1e-4 of the largest feature.
+    CHECK(max_abs_diff(fast2[i], eager[i]) <= 1e-4f * largest);
+    // Bit-identical across thread counts: cached features, and so metrics, do not depend on --threads.
+    CHECK(max_abs_diff(fast1[i], fast2[i]) == 0.0f);
+    CHECK(max_abs_diff(fast4[i], fast2[i]) == 0.0f);
+  }
+}
+
 TEST_CASE("convbase: weights files, fingerprints and errors", "[convbase]") {
   torch_set_threads(2);
   TempDir dir("convbase");
@@ -185,7 +220,7 @@ TEST_CASE("convbase: weights files, fingerprints and errors", "[convbase]") {
 
     // A random init fingerprint follows its seed.
     auto seeded = testing::make<BatchStage>("{stage: convbase, model: 'builtin:small_vgg', init_seed: 9}");
-    CHECK(seeded->fingerprint() == "builtin:small_vgg random-init:9");
+    CHECK(seeded->fingerprint() == "builtin:small_vgg random-init:9 optimized");
   }
 
   SECTION("missing and unreadable files are named in the error") {

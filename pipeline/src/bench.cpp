@@ -79,7 +79,7 @@ struct Chain {
   std::vector<PassNode> nodes;
 
   Chain(const fs::path& tree, const std::vector<std::pair<std::string, std::string>>& yaml) {
-    source = testing::make_source(fmt::format("{{source: folder, path: \"{}\"}}", tree.string()));
+    source = testing::make_source(fmt::format("{{source: folder, path: \"{}\", splits: [train]}}", tree.string()));
     for (const auto& [name, y] : yaml) {
       stages.push_back(testing::make_stage(y, name));
       const YAML::Node n = YAML::Load(y);
@@ -175,6 +175,9 @@ const std::vector<std::string> kFigureNames = {
     "peak RSS, regime B on 10x the images",
     "peak RSS, regime A on 10x the images",
     "cache read resident memory, 47 MiB entry",
+    "fast path small_vgg 32px (vs eager forward)",
+    "fast path vgg16 64px (vs eager forward)",
+    "system time share, vgg16 64px extraction",
 };
 
 std::string lower(std::string s) {
@@ -204,6 +207,9 @@ enum FigureId : size_t {
   kPeakRssB,
   kPeakRssA,
   kCacheReadRss,
+  kFastPathSmall,
+  kFastPathVgg16,
+  kSystemShare,
 };
 
 bool wanted(const BenchOptions& o, const std::string& name) {
@@ -270,34 +276,62 @@ void print_header(const Bench& b) {
   std::fflush(stdout);  // the figures take minutes: show what is being measured first
 }
 
+// One extraction pass of `c` into a fresh cache entry (removed after); images/s.
+double extract_once(const Chain& c, FeatureCache& store, const std::string& tag, Profile& prof) {
+  const std::string fp = fmt::format("bench-{}-{}", tag, ::getpid());
+  FeatureCache::Writer w = store.begin(fp, "train", c.source->size(Split::train), 1, "bench");
+  PassSpec p = c.pass(0);
+  PassNode writer;
+  writer.name = "memo";
+  writer.stage = "cache";
+  writer.kind = StageKind::cache;
+  writer.write = [&w](const Sample& s) { w.add(s.id, 0, s.label, s.features); };
+  p.nodes.push_back(writer);
+  const PassResult r = run_pass(p, prof);
+  w.commit();
+  store.remove(fp);
+  return static_cast<double>(r.consumed) / r.seconds;
+}
+
+// A chain folder -> decode -> convbase on a generated tree, warmed on its first batch
+// without the writer: both sides of a ratio are measured warm.
+Chain warm_chain(const fs::path& tree, int px, const std::string& conv, int batch, Profile& prof) {
+  Chain c(tree, {{"decode", fmt::format("{{stage: decode, size: [{}, {}]}}", px, px)}, {"features", conv}});
+  PassSpec warm = c.pass(0);
+  warm.count = std::min<int64_t>(warm.count, batch);
+  run_pass(warm, prof);
+  return c;
+}
+
 // 1. Extraction: JPEG folder -> decode -> convbase -> cache writer, vs the bare conv base.
 Figure extraction(const Bench& b, FigureId id, int count, int px, const std::string& conv, int batch) {
   const fs::path tree = make_tree(b.root, count, px == 32 ? 28 : px);
-  Chain c(tree, {{"decode", fmt::format("{{stage: decode, size: [{}, {}]}}", px, px)}, {"features", conv}});
   FeatureCache store((b.root / "cache").string());
   Profile prof;
-  {  // warm-up on the first batch, without the writer: both sides measured warm
-    PassSpec warm = c.pass(0);
-    warm.count = std::min<int64_t>(warm.count, batch);
-    run_pass(warm, prof);
-  }
+  const Chain c = warm_chain(tree, px, conv, batch, prof);
   double best = 0;
-  for (int rep = 0; rep < b.reps; ++rep) {
-    const std::string fp = fmt::format("bench{}x{}x{}", px, ::getpid(), rep);
-    FeatureCache::Writer w = store.begin(fp, "train", c.source->size(Split::train), 1, "bench");
-    PassSpec p = c.pass(0);
-    PassNode writer;
-    writer.name = "memo";
-    writer.stage = "cache";
-    writer.kind = StageKind::cache;
-    writer.write = [&w](const Sample& s) { w.add(s.id, 0, s.label, s.features); };
-    p.nodes.push_back(writer);
-    const PassResult r = run_pass(p, prof);
-    w.commit();
-    best = std::max(best, static_cast<double>(r.consumed) / r.seconds);
-    store.remove(fp);
-  }
+  for (int rep = 0; rep < b.reps; ++rep)
+    best = std::max(best, extract_once(c, store, fmt::format("{}x{}", px, rep), prof));
   return make_figure(b.name_of(id), "images/s", best, bare_conv(tree, px, conv, batch, b.reps), 0.90);
+}
+
+double seconds(const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) * 1e-6; }
+
+// 13. The kernel's share of the CPU time of a vgg16 64 px extraction (getrusage of this
+// process around warm passes): activations allocated and unmapped every batch show up here
+// as page faults, with the cache writer's I/O.
+Figure system_share(const Bench& b) {
+  const fs::path tree = make_tree(b.root, b.n_vgg, 64);
+  FeatureCache store((b.root / "cache").string());
+  Profile prof;
+  const Chain c = warm_chain(tree, 64, b.vgg, 16, prof);
+  rusage r0{}, r1{};
+  ::getrusage(RUSAGE_SELF, &r0);
+  for (int rep = 0; rep < b.reps; ++rep) extract_once(c, store, fmt::format("sys{}", rep), prof);
+  ::getrusage(RUSAGE_SELF, &r1);
+  const double sys = seconds(r1.ru_stime) - seconds(r0.ru_stime);
+  const double cpu = sys + seconds(r1.ru_utime) - seconds(r0.ru_utime);
+  return make_figure(b.name_of(kSystemShare), "s system / s CPU", sys, cpu, 0.05, false);
 }
 
 // The head's input: `count` random 128x4x4 feature maps, the two labels a little apart.
@@ -452,7 +486,7 @@ Figure scaling(const Bench& b, FigureId id, int px) {
 // regime A (features extracted once into the cache, the head trained from it).
 fs::path memory_graph(const Bench& b, const fs::path& tree, bool augmented, const std::string& tag) {
   const fs::path g = b.root / fmt::format("mem-{}.yaml", tag);
-  std::ofstream(g) << fmt::format(R"(data: {{source: folder, path: "{}"}}
+  std::ofstream(g) << fmt::format(R"(data: {{source: folder, path: "{}", splits: [train]}}
 nodes:
   decode: {{stage: decode, size: [32, 32]}}
 {}  features: {{stage: convbase, model: "builtin:small_vgg", weights: "{}", batch: 64}}
@@ -539,6 +573,17 @@ Figure cache_read_rss(const Bench& b) {
                      0.45, false);
 }
 
+// The convbase node `conv` (YAML, a flow map) with `optimize: off`: the eager forward.
+std::string eager(const std::string& conv) { return conv.substr(0, conv.rfind('}')) + ", optimize: off}"; }
+
+// 11/12. convbase's fast path (optimize: auto) vs the eager LibTorch forward of the same
+// module on the same pre-decoded batches: the compute a hand-written PyTorch loop gets.
+Figure fast_path(const Bench& b, FigureId id, int count, int px, const std::string& conv, int batch) {
+  const fs::path tree = make_tree(b.root, count, px == 32 ? 28 : px);
+  const double fast = bare_conv(tree, px, conv, batch, b.reps);
+  return make_figure(b.name_of(id), "images/s", fast, bare_conv(tree, px, eager(conv), batch, b.reps), 1.25);
+}
+
 // Every figure that --only selects, in table order.
 std::vector<Figure> measure(const Bench& b) {
   std::vector<Figure> figs;
@@ -555,6 +600,9 @@ std::vector<Figure> measure(const Bench& b) {
   if (b.want(kPeakRssB)) figs.push_back(peak_rss(b, kPeakRssB, true));
   if (b.want(kPeakRssA)) figs.push_back(peak_rss(b, kPeakRssA, false));
   if (b.want(kCacheReadRss)) figs.push_back(cache_read_rss(b));
+  if (b.want(kFastPathSmall)) figs.push_back(fast_path(b, kFastPathSmall, b.n, 32, b.small, 64));
+  if (b.want(kFastPathVgg16)) figs.push_back(fast_path(b, kFastPathVgg16, b.n_vgg, 64, b.vgg, 16));
+  if (b.want(kSystemShare)) figs.push_back(system_share(b));
   return figs;
 }
 

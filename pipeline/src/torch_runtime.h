@@ -8,7 +8,8 @@
 namespace pipeline {
 
 // Intra-op threads for LibTorch (at::set_num_threads(n), n >= 1); the first call also pins
-// inter-op threads to 1 (pipe's own parallelism is the TBB flow graph).
+// inter-op threads to 1 (pipe's own parallelism is the TBB flow graph) and fixes glibc's
+// mmap/trim thresholds so that per-batch activations are reused, not faulted in afresh.
 void torch_set_threads(int n);
 
 // One line: LibTorch version, intra-op threads, the BLAS/LAPACK/oneDNN libraries actually

@@ -34,7 +34,10 @@ set(expected
   "decode+augment 150px"
   "peak RSS, regime B"
   "peak RSS, regime A"
-  "cache read resident memory")
+  "cache read resident memory"
+  "fast path small_vgg 32px"
+  "fast path vgg16 64px"
+  "system time share")
 set(found "")
 math(EXPR last "${count} - 1")
 foreach(i RANGE ${last})
