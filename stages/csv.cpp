@@ -144,11 +144,7 @@ class Csv : public FileSource {
     std::vector<std::vector<std::string>> per_class(classes_.size());
     for (const Entry& e : entries) per_class[static_cast<size_t>(label_of(e))].push_back(e.path);
     files_ = assign_splits(classes_, per_class, sp);
-    for (Split s : {Split::validation, Split::test})
-      if ((s == Split::validation ? sp.validation : sp.test) > 0 && files_[static_cast<size_t>(s)].empty())
-        throw std::runtime_error(fmt::format("csv: {}_split gives the {} split no rows: every class in {} has too few "
-                                             "rows to spare one", s == Split::test ? "test" : "validation",
-                                             split_name(s), file_));
+    check_fraction_splits(files_, sp, "csv", "in " + file_, "rows");
   }
 
   std::string file_;

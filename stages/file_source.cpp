@@ -81,6 +81,15 @@ SplitFiles assign_splits(const std::vector<std::string>& classes,
   return out;
 }
 
+void check_fraction_splits(const SplitFiles& files, const SplitParams& sp, const std::string& source,
+                           const std::string& where, const std::string& items) {
+  for (Split s : {Split::validation, Split::test})
+    if ((s == Split::validation ? sp.validation : sp.test) > 0 && files[static_cast<size_t>(s)].empty())
+      throw std::runtime_error(fmt::format("{}: {}_split gives the {} split no {}: every class {} has too few {} to "
+                                           "spare one", source, s == Split::test ? "test" : "validation",
+                                           split_name(s), items, where, items));
+}
+
 void warn(const std::string& message) { std::fprintf(stderr, "pipe: warning: %s\n", message.c_str()); }
 
 std::string listing_entry(const std::string& path, const std::string& shown) {

@@ -47,6 +47,11 @@ struct SplitParams {
 SplitFiles assign_splits(const std::vector<std::string>& classes,
                          const std::vector<std::vector<std::string>>& files_per_class, const SplitParams& sp);
 
+// Refuses a fraction above 0 that left its split empty: every class too small to spare one.
+// `source` names the stage, `where` the data ("under ROOT", "in FILE"), `items` its unit.
+void check_fraction_splits(const SplitFiles& files, const SplitParams& sp, const std::string& source,
+                           const std::string& where, const std::string& items);
+
 // "pipe: warning: MESSAGE" on stderr: shown by every command that opens the data.
 void warn(const std::string& message);
 

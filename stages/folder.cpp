@@ -174,11 +174,7 @@ class Folder : public FileSource {
     }
     files_ = assign_splits(classes_, per_class, sp);
     if (files_[0].empty() && files_[1].empty() && files_[2].empty()) return;  // "no images" below
-    for (Split s : {Split::validation, Split::test})
-      if ((s == Split::validation ? sp.validation : sp.test) > 0 && files_[static_cast<size_t>(s)].empty())
-        throw std::runtime_error(fmt::format("folder: {}_split gives the {} split no images: every class under {} "
-                                             "has too few images to spare one", s == Split::test ? "test" : "validation",
-                                             split_name(s), root_.string()));
+    check_fraction_splits(files_, sp, "folder", "under " + root_.string(), "images");
   }
 
   fs::path root_;

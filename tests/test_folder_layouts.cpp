@@ -151,3 +151,14 @@ TEST_CASE("folder refuses an empty split the graph did not declare") {
   CHECK_THROWS_WITH(t.source(", splits: [train, validation], validation_split: 0.3"),
                     Catch::Contains("validation_split and test_split split a tree"));
 }
+
+TEST_CASE("folder refuses split fractions that leave a split empty") {
+  Tree t;
+  t.images("ants", 1);  // train keeps its one image: validation_split cannot take any
+  t.images("bees", 1);
+  CHECK_THROWS_WITH(t.source(", validation_split: 0.2"),
+                    Catch::Contains("folder: validation_split gives the validation split no images: every class under " +
+                                    t.root.string() + " has too few images to spare one"));
+  t.images("bees", 3);
+  CHECK(t.source(", validation_split: 0.2")->size(Split::validation) == 1);  // bees spares one
+}

@@ -37,7 +37,8 @@ set(expected
   "cache read resident memory"
   "fast path small_vgg 32px"
   "fast path vgg16 64px"
-  "system time share")
+  "system time share"
+  "regime A run on a warm cache")
 set(found "")
 math(EXPR last "${count} - 1")
 foreach(i RANGE ${last})
