@@ -3,7 +3,7 @@
 
 Usage: python3 scripts/study.py A/sweep.csv B/sweep.csv > study.md
 Per (pose, training images per class): mean ± sample sd over seeds of best validation and
-test accuracy for regime A and each regime-B augmentation, and A's train - validation gap.
+test accuracy, and train - validation gap, for regime A and each regime-B augmentation.
 Standard library only.
 """
 import csv
@@ -43,7 +43,8 @@ def main(a_csv, b_csv):
         merged[(pose, n)]["A"] = rows
     for (pose, n, aug), rows in b.items():
         merged[(pose, n)][short(aug)] = rows
-    head = ["pose", "train / class"] + [f"{r} best val" for r in regimes] + [f"{r} test" for r in regimes] + ["A gap"]
+    head = ["pose", "train / class"] + [f"{r} best val" for r in regimes] + [f"{r} test" for r in regimes]
+    head += [f"{r} gap" for r in regimes]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * 2 + "---:|" * (len(head) - 2))
     for (pose, n) in sorted(merged, key=lambda k: (k[0] != "{}", int(k[1].strip("[]").split(",")[0]))):
@@ -51,8 +52,8 @@ def main(a_csv, b_csv):
         row = ["none" if pose == "{}" else "random", n.strip("[]").split(",")[0]]
         row += [stat(m.get(r, []), "best_val_acc") for r in regimes]
         row += [stat(m.get(r, []), "test_acc") for r in regimes]
-        gap = [dict(r, gap=float(r["train_acc"]) - float(r["val_acc"])) for r in m.get("A", [])]
-        row.append(stat(gap, "gap"))
+        for r in regimes:  # final train - final validation accuracy: how much the head overfits
+            row.append(stat([dict(x, gap=float(x["train_acc"]) - float(x["val_acc"])) for x in m.get(r, [])], "gap"))
         print("| " + " | ".join(row) + " |")
 
 
