@@ -15,6 +15,8 @@ PACKAGES=(
   libtorch-dev libtbb-dev libopencv-dev libyaml-cpp-dev libfmt-dev catch2 libcli11-dev
   libspdlog-dev zlib1g-dev libjpeg-dev libwebp-dev libopenblas0-openmp dataset-fashion-mnist
   libxxhash-dev graphviz
+  # Headers of Gloo, the collectives library c10d runs on (LibTorch already links libgloo0).
+  libgloo-dev
   nlohmann-json3-dev
 )
 

@@ -44,12 +44,15 @@ struct HeadImpl : nn::Module {
         fc2(register_module("fc2", nn::Linear(hidden, out))),
         dropout(dropout) {}
 
-  // Inverted dropout with masks drawn from `gen` (nn::Dropout would use the global one).
-  torch::Tensor forward(const torch::Tensor& x, at::Generator& gen) {
+  // Inverted dropout with masks drawn from `gen` (nn::Dropout would use the global one). The
+  // mask is drawn for the whole global batch (s.global rows) and this rank's rows from s.offset kept,
+  // so a distributed run draws what one process draws.
+  torch::Tensor forward(const torch::Tensor& x, at::Generator& gen, const StepShard& s) {
     torch::Tensor h = torch::relu(fc1->forward(x.flatten(1)));
     if (is_training() && dropout > 0) {
       const double keep = 1.0 - dropout;
-      h = h * torch::empty_like(h).bernoulli_(keep, gen).div_(keep);
+      torch::Tensor mask = torch::empty({s.global, h.size(1)}, h.options()).bernoulli_(keep, gen).div_(keep);
+      h = h * (s.global == h.size(0) ? mask : mask.narrow(0, s.offset, h.size(0)));
     }
     return fc2->forward(h);
   }
@@ -88,7 +91,7 @@ class DenseHead : public SupervisedSink {
       throw std::runtime_error(fmt::format("{}: sample {} has {} features, the head was built for {}", what(),
                                            batch.samples[0].describe(), x.size(1), built_width()));
   }
-  torch::Tensor forward(const torch::Tensor& x) override { return head_->forward(x, gen()); }
+  torch::Tensor forward(const torch::Tensor& x) override { return head_->forward(x, gen(), shard()); }
   torch::Tensor loss(const torch::Tensor& logits, const torch::Tensor& y) const override {
     if (classes() == 2)  // sigmoid + binary cross-entropy, fused for numerical stability
       return torch::binary_cross_entropy_with_logits(logits.squeeze(1), y.to(torch::kFloat));

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <atomic>
+#include <cmath>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -33,6 +34,7 @@ class SupervisedSink : public SinkStage, public ModelExport, public LearningRate
     if (classes_ < 2)
       throw std::runtime_error(fmt::format("{}: needs at least 2 classes, the run has {}", what_, classes_));
     gen_ = torchu::make_generator(hash64(fmt::format("{}/{}", run.seed, node_)));
+    parallel_ = run.parallel;
     width_ = 0;
     best_.clear();
     start();
@@ -40,24 +42,14 @@ class SupervisedSink : public SinkStage, public ModelExport, public LearningRate
 
   void begin_epoch(Split split, int) override {
     training_ = split == Split::train;
+    step_ = 0;
     sums_.reset();
     running_loss_ = -1;
   }
 
   void consume(Batch& batch) override {
     if (batch.samples.empty()) return;
-    // OpenBLAS/ATen split products and convolution reductions differently at different
-    // thread counts (last-ulp differences in losses), so a subclass trains at a thread count
-    // of its own to keep a seeded run's metrics identical whatever --threads says.
-    const int prev = at::get_num_threads(), fixed = training_threads();
-    if (fixed > 0) at::set_num_threads(fixed);
-    struct Restore {
-      int n;
-      bool on;
-      ~Restore() {
-        if (on) at::set_num_threads(n);
-      }
-    } restore{prev, fixed > 0};
+    const Threads threads(training_threads());
     if (!gen_.defined()) throw std::logic_error(fmt::format("{}: consume() before begin_run()", what_));
     torch::Tensor x = inputs(batch);
     const std::vector<int64_t> labels = batch.labels();
@@ -73,10 +65,26 @@ class SupervisedSink : public SinkStage, public ModelExport, public LearningRate
     const bool cuda = device().is_cuda();
     x = x.to(device(), /*non_blocking=*/cuda);
     const torch::Tensor y = torch::tensor(labels, torch::kLong).to(device());
-    step(x, y, static_cast<int64_t>(batch.size()));
+    const int64_t n = static_cast<int64_t>(batch.size());
+    shard_ = StepShard{n, 0, n};
+    if (parallel_ && training_) {
+      if (step_ >= parallel_->steps().size())
+        throw std::logic_error(fmt::format("{}: more training batches than the pass's {} steps", what_, parallel_->steps().size()));
+      shard_ = parallel_->steps()[step_++];
+    }
+    step(x, y, n);
   }
 
-  SplitMetrics end_epoch() override { return sums_.metrics(); }
+  SplitMetrics end_epoch() override {
+    if (!parallel_) return sums_.metrics();
+    // Every rank takes part in every global batch's all-reduce, rows or not.
+    if (training_)
+      while (step_ < parallel_->steps().size()) empty_step(parallel_->steps()[step_++]);
+    double s[3] = {sums_.loss_sum(), static_cast<double>(sums_.correct()), static_cast<double>(sums_.count())};
+    parallel_->all_reduce_sum(s, 3, "the metrics of " + what_);
+    sums_ = MetricSum::of_sums(s[0], std::llround(s[1]), std::llround(s[2]));
+    return sums_.metrics();
+  }
   double running_loss() const override { return running_loss_.load(std::memory_order_relaxed); }
 
   void mark_best(int) override {
@@ -154,7 +162,14 @@ class SupervisedSink : public SinkStage, public ModelExport, public LearningRate
   virtual torch::Device device() const { return torch::kCPU; }
   // Intra-op threads for consume(), independent of --threads; 0 = the run's.
   virtual int training_threads() const { return 0; }
+  // A batch of no rows, as inputs() would make it (a rank's share of a tiny last batch).
+  virtual torch::Tensor empty_input() { return torch::zeros({0, built_width()}); }
 
+  // This step's rows of the global batch: {n, 0, n} when the run is one process. A subclass
+  // that draws per-row randomness (dropout) draws it for all `global` rows and keeps its own,
+  // so that ranks draw what one process would.
+  const StepShard& shard() const { return shard_; }
+  DataParallel* parallel() const { return parallel_; }
   bool built() const { return width_ > 0; }
   int64_t classes() const { return classes_; }
   int64_t built_width() const { return width_; }
@@ -168,6 +183,20 @@ class SupervisedSink : public SinkStage, public ModelExport, public LearningRate
     for (auto& group : optimizer().param_groups()) group.options().set_lr(lr_);
   }
 
+  // OpenBLAS/ATen split products and convolution reductions differently at different
+  // thread counts (last-ulp differences in losses), so a subclass trains at a thread count
+  // of its own to keep a seeded run's metrics identical whatever --threads says.
+  struct Threads {
+    explicit Threads(int fixed) : prev(at::get_num_threads()), on(fixed > 0) {
+      if (on) at::set_num_threads(fixed);
+    }
+    ~Threads() {
+      if (on) at::set_num_threads(prev);
+    }
+    int prev;
+    bool on;
+  };
+
   void step(const torch::Tensor& x, const torch::Tensor& y, int64_t n) {
     torch::Tensor logits, l;
     if (training_) {
@@ -176,6 +205,7 @@ class SupervisedSink : public SinkStage, public ModelExport, public LearningRate
       logits = forward(x);
       l = loss(logits, y);
       l.backward();
+      if (parallel_) all_reduce_gradients(n);
       optimizer().step();
     } else {
       net().eval();
@@ -188,6 +218,42 @@ class SupervisedSink : public SinkStage, public ModelExport, public LearningRate
     running_loss_.store(sums_.metrics().loss, std::memory_order_relaxed);
   }
 
+  // A global batch this rank has no rows of: the same draws and update as every other rank.
+  void empty_step(const StepShard& s) {
+    if (!built()) throw std::runtime_error(fmt::format("{}: a rank with no training rows in the first batch", what_));
+    const Threads threads(training_threads());
+    shard_ = s;
+    net().train();
+    optimizer().zero_grad();
+    {
+      torch::NoGradGuard no_grad;
+      forward(empty_input().to(device()));
+    }
+    all_reduce_gradients(0);
+    optimizer().step();
+  }
+
+  // Each rank's gradient of its rows' mean loss, weighted by its share of the global batch
+  // and summed over the ranks, is the gradient of the global batch's mean loss: the update
+  // one process makes. One flat buffer, one all-reduce per step.
+  void all_reduce_gradients(int64_t rows) {
+    std::vector<torch::Tensor> params, flat;
+    for (torch::Tensor& p : net().parameters()) {
+      if (!p.requires_grad()) continue;
+      if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+      params.push_back(p);
+      flat.push_back(p.grad().flatten().to(torch::kCPU, torch::kFloat));
+    }
+    torch::Tensor buf = torch::cat(flat).mul_(static_cast<double>(rows) / static_cast<double>(shard_.global)).contiguous();
+    parallel_->all_reduce_sum(buf.data_ptr<float>(), static_cast<size_t>(buf.numel()), "the gradients of " + what_);
+    int64_t at = 0;
+    for (torch::Tensor& p : params) {
+      torch::Tensor g = p.mutable_grad();
+      g.copy_(buf.narrow(0, at, g.numel()).view_as(g));
+      at += g.numel();
+    }
+  }
+
   std::string node_, what_;
   std::vector<std::string> class_names_;
   double lr_ = -1;  // set_lr's, -1: the optimizer's own
@@ -196,6 +262,9 @@ class SupervisedSink : public SinkStage, public ModelExport, public LearningRate
   at::Generator gen_;
   std::vector<torch::Tensor> best_;
   bool training_ = false;
+  DataParallel* parallel_ = nullptr;
+  size_t step_ = 0;  // training steps taken in this pass (distributed runs)
+  StepShard shard_;
   MetricSum sums_;
   std::atomic<double> running_loss_{-1};  // sums_'s loss, for a progress line on another thread
 };

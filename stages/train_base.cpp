@@ -83,6 +83,13 @@ class TrainBase : public SupervisedSink {
 
  private:
   void start() override {
+    // BatchNorm normalizes by the statistics of the rows it sees: each rank's rows are not
+    // the global batch, so a data-parallel run would train another network (it would need
+    // synchronized BatchNorm).
+    if (parallel())
+      throw std::runtime_error(fmt::format("{}: trains with BatchNorm batch statistics, which a run of {} processes would "
+                                           "compute over each rank's rows; pretrain a base with one process",
+                                           what(), parallel()->world()));
     net_ = Net(torchu::make_builtin(model_.substr(8)), gap_);
     torchu::init_module(*net_, gen());
     optimizer_.reset();

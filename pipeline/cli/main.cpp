@@ -18,7 +18,9 @@
 #include "cache_cli.h"
 #include "cache_store.h"
 #include "diagnostics.h"
+#include "distributed.h"
 #include "dot_render.h"
+#include "launch.h"
 #include "plugin_loader.h"
 #include "predict.h"
 #include "runner.h"
@@ -148,6 +150,7 @@ struct Options {
   RunsOptions runs;
   CompareOptions compare;
   SweepOptions sweep;
+  LaunchOptions launch;
 };
 
 struct Subcommands {
@@ -164,6 +167,7 @@ struct Subcommands {
   CLI::App* runs = nullptr;
   CLI::App* compare = nullptr;
   CLI::App* sweep = nullptr;
+  CLI::App* launch = nullptr;
 };
 
 // Consent to load the plugins a graph lists (docs/security.md).
@@ -275,6 +279,19 @@ CLI::App* add_sweep(CLI::App& app, Options& o) {
   return w;
 }
 
+CLI::App* add_launch(CLI::App& app, Options& o) {
+  auto* l = app.add_subcommand("launch", "Start N local processes of one distributed run (as torchrun does), e.g. "
+                                         "pipe launch --nproc 2 -- run GRAPH; exit code = the first failed rank's");
+  LaunchOptions& s = o.launch;
+  l->add_option("--nproc", s.nproc, "Processes on this machine (default: 2)")->type_name("N")->check(CLI::Range(1, 1024));
+  l->add_option("--master-port", s.master_port, "Port of rank 0's store (default: a free one)")->type_name("PORT")
+      ->check(CLI::Range(1, 65535));
+  l->add_option("--timeout", s.timeout_s, "Seconds any rank waits for the others before it gives up (PIPE_DIST_TIMEOUT, "
+                                          "default 300)")->type_name("S")->check(CLI::Range(1, 7 * 24 * 3600));
+  l->add_option("args", s.args, "pipe's arguments for every rank, after --")->required();
+  return l;
+}
+
 // In the order of `pipe --help`.
 Subcommands add_subcommands(CLI::App& app, Options& o) {
   Subcommands s;
@@ -284,6 +301,7 @@ Subcommands add_subcommands(CLI::App& app, Options& o) {
   s.runs = add_runs(app, o);
   s.compare = add_compare(app, o);
   s.sweep = add_sweep(app, o);
+  s.launch = add_launch(app, o);
   s.validate->add_flag("--no-plugins", o.common.no_plugins,
                        "Load none of the plugins the graph lists; check everything else (their stages are warnings)")
       ->excludes("--allow-plugins");
@@ -387,7 +405,12 @@ bool out_dir_allowed(const Options& o) {
 }
 
 int cmd_run(Options& o) {
-  if (!out_dir_allowed(o)) return 2;
+  // A launcher's variables (RANK/WORLD_SIZE, Slurm, Open MPI) make this process one rank.
+  const DistEnv dist = read_dist_env(std::getenv);
+  // Rank 0 creates --out: the others must not find it non-empty.
+  if (dist.rank == 0 && !out_dir_allowed(o)) return 2;
+  if (o.threads == 0)  // pipe launch shares the cores out
+    if (const char* t = std::getenv("PIPE_THREADS"); t && *t) o.threads = std::max(0, std::atoi(t));
   const std::optional<std::string> expect_hash = resolve_graph_to_run(o);
   if (!expect_hash) return 2;
   auto spec = load_valid(o.graph, o.common);
@@ -407,7 +430,11 @@ int cmd_run(Options& o) {
   cfg.stop = &g_stop;
   cfg.overrides = o.common.sets;
   cfg.resume_dir = o.resume;
+  cfg.dist = dist;
+  cfg.dist_timeout_s = dist_timeout_s(std::getenv);
+  if (dist.rank != 0) cfg.progress = false;
   RunResult r = run_graph(*spec, cfg);
+  if (dist.rank != 0) return r.interrupted ? 130 : 0;  // rank 0 prints the run; the others wrote rank<r>.json
   print_table(r);
   if (!o.quiet) print_profile(r);
   if (r.interrupted) {
@@ -446,6 +473,7 @@ int dispatch(const Subcommands& s, Options& o) {
   }
   if (*s.run) return cmd_run(o);
   if (*s.sweep) return cmd_sweep(o);
+  if (*s.launch) return run_launch(o.launch, fs::read_symlink("/proc/self/exe").string(), stderr);
   return 0;
 }
 

@@ -280,14 +280,16 @@ std::vector<PassPlan> plan_split(const GraphSpec& spec, Split split, int epoch, 
   for (CachePoint& c : points) c.present = ctx.present && ctx.present(c);
   std::vector<PassPlan> out;
   for (size_t k = 0; k < points.size(); ++k) {
-    // A `views: K` cache is filled up front, one pass per view, then read like any hit.
-    if (points[k].present || points[k].views <= 1) continue;
+    // A `views: K` cache is filled up front, one pass per view, then read like any hit; so
+    // is every cache when the context asks (a distributed run shards these passes by id).
+    if (points[k].present || (points[k].views <= 1 && !ctx.extract_first)) continue;
     for (int v = 0; v < points[k].views; ++v) {
       PassPlan x;
       x.split = split;
       x.extract_view = v;
       x.extract_cache = static_cast<int>(k);
-      x.purpose = fmt::format("extract view {}/{}", v + 1, points[k].views);
+      x.purpose = points[k].views > 1 ? fmt::format("extract view {}/{}", v + 1, points[k].views)
+                                       : fmt::format("extract {}", points[k].name);
       x.caches = points;
       PassBuilder b(spec, a, x);
       b.need_write(static_cast<int>(k));

@@ -60,6 +60,10 @@ struct PlanContext {
   // Whether a cache point's entry is complete. The runner opens (and keeps) the entry; `pipe
   // plan` only looks. Null: nothing is present.
   std::function<bool(const CachePoint&)> present;
+  // Fill every missing entry in extraction passes of its own, before the pass that reaches
+  // the sinks (which then reads it), instead of writing it on the way: a distributed run
+  // shards those passes by sample id.
+  bool extract_first = false;
 };
 
 // The passes that run for (split, epoch), in order: extraction passes for a `views` cache

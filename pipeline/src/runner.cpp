@@ -27,6 +27,7 @@
 #include "runs.h"
 #include "torch_runtime.h"
 #include "plan.h"
+#include "plugin_loader.h"
 #include "running_loss.h"
 
 namespace fs = std::filesystem;
@@ -152,6 +153,20 @@ class Run {
   Run(const GraphSpec& spec, const RunConfig& cfg) : spec_(spec), cfg_(cfg), progress_(cfg.progress) {}
 
   RunResult go() {
+    try {
+      RunResult r = go_alone();
+      if (group_ && r.interrupted) group_->report_failure("was interrupted");
+      else if (group_) group_->finish();
+      return r;
+    } catch (const std::exception& e) {
+      // The other ranks name this one and its reason instead of only seeing it vanish.
+      if (group_) group_->report_failure(e.what());
+      throw;
+    }
+  }
+
+ private:
+  RunResult go_alone() {
     const double t0 = now_s();
     setup();
     const int first_epoch = cfg_.resume_dir.empty() ? 1 : resume() + 1;
@@ -176,13 +191,19 @@ class Run {
     return std::move(res_);
   }
 
- private:
   void setup() {
+    if (cfg_.dist.distributed()) {
+      if (!cfg_.resume_dir.empty())
+        throw std::runtime_error("--resume continues a run of one process; rerun a distributed run instead: it "
+                                 "reuses every cache entry that was completed (docs/distributed.md)");
+      group_ = std::make_unique<Group>(cfg_.dist, cfg_.dist_timeout_s);
+    }
     res_.out_dir = cfg_.resume_dir.empty() ? out_dir() : cfg_.resume_dir;
     // Owner only: a run holds what was learnt from the user's images (docs/security.md). A
     // default name is taken by mkdir alone, so runs started in the same second never share one.
-    if (cfg_.write_outputs && default_out_dir()) res_.out_dir = make_new_dir(res_.out_dir, kOwnerOnly.dir);
-    else if (cfg_.write_outputs) make_dirs(res_.out_dir, kOwnerOnly.dir);
+    if (cfg_.write_outputs && rank() == 0 && default_out_dir()) res_.out_dir = make_new_dir(res_.out_dir, kOwnerOnly.dir);
+    else if (cfg_.write_outputs && rank() == 0) make_dirs(res_.out_dir, kOwnerOnly.dir);
+    if (group_) join_ranks();
     threads_ = configure_threads(cfg_.threads);
     torch_manual_seed(spec_.train.seed);
     source_ = spec_.source_entry->make_source(spec_.source_params, SourceContext{spec_.dir});
@@ -192,6 +213,8 @@ class Run {
       plan_ctx_.fingerprints.push_back(nodes_.back()->fingerprint());
     }
     plan_ctx_.present = [this](const CachePoint& c) { return open_entry(c) != nullptr; };
+    plan_ctx_.extract_first = group_ != nullptr;
+    if (group_) check_ranks_agree();
     RunInfo info;
     info.seed = spec_.train.seed;
     info.epochs = spec_.train.epochs;
@@ -199,6 +222,7 @@ class Run {
     info.classes = source_->classes();
     info.out_dir = cfg_.write_outputs ? res_.out_dir : "";
     info.threads = threads_;
+    info.parallel = group_.get();
     for (size_t i = 0; i < spec_.nodes.size(); ++i) {
       if (spec_.nodes[i].entry->schema.kind != StageKind::sink) continue;
       SinkRun s;
@@ -574,6 +598,7 @@ class Run {
 
   // Runs the passes the planner gives for (split, epoch); returns each sink's metrics.
   std::vector<SplitMetrics> run_split(Split split, int epoch) {
+    if (group_) return run_split_sharded(split, epoch);
     for (int attempt = 0;; ++attempt) {
       std::vector<PassPlan> passes = plan_split(spec_, split, epoch, plan_ctx_);
       // Writers are taken before anything runs: begin() waits while another process
@@ -589,8 +614,124 @@ class Run {
     }
   }
 
+  // --- distributed runs (distributed.h) ---
+
+  int rank() const { return group_ ? group_->rank() : 0; }
+
+  // Every rank writes into rank 0's run directory; only rank 0 writes the run's files, the
+  // others their rank<r>.json and nothing on the terminal but errors.
+  void join_ranks() {
+    res_.out_dir = group_->broadcast("agreeing on the run directory", res_.out_dir);
+    if (rank() == 0) return;
+    rank_log_ = cfg_.write_outputs;
+    cfg_.write_outputs = false;
+    cfg_.quiet = true;
+    cfg_.verbose = false;
+  }
+
+  // Refuses ranks that would not compute the same run, naming the first thing that differs.
+  void check_ranks_agree() {
+    const std::vector<std::pair<std::string, std::string>> mine = {
+        {"pipe version", fmt::format("{} ({})", PIPE_VERSION_STRING, host_build_fingerprint())},
+        {"number of processes", std::to_string(group_->world())},
+        {"resolved graph (hash)", resolved_hash(spec_)},
+        {"data listing", fmt::format("{} ({} train, {} validation, {} test)", source_->identity(), source_->size(Split::train),
+                                     source_->size(Split::validation), source_->size(Split::test))}};
+    std::string text;
+    for (const auto& [k, v] : mine) text += v + "\n";
+    const std::vector<std::string> all = group_->all_gather("checking that every rank runs the same graph", text);
+    for (size_t r = 1; r < all.size(); ++r) {
+      if (all[r] == all[0]) continue;
+      std::vector<std::string> theirs;
+      for (size_t a = 0, b; (b = all[r].find('\n', a)) != std::string::npos; a = b + 1) theirs.push_back(all[r].substr(a, b - a));
+      std::vector<std::string> first;
+      for (size_t a = 0, b; (b = all[0].find('\n', a)) != std::string::npos; a = b + 1) first.push_back(all[0].substr(a, b - a));
+      for (size_t k = 0; k < mine.size(); ++k)
+        if (k >= theirs.size() || k >= first.size() || theirs[k] != first[k])
+          throw std::runtime_error(fmt::format("rank {} and rank 0 differ in their {}: '{}' vs '{}'; every rank must run the same "
+                                               "graph, overrides, pipe and data",
+                                               r, mine[k].first, k < theirs.size() ? theirs[k] : "?", k < first.size() ? first[k] : "?"));
+    }
+  }
+
+  // This rank's part of a pass: the ids id % world == rank of an extraction pass; its rows of
+  // every global batch of a pass that reaches the sinks (whose steps the sinks then read).
+  std::vector<int64_t> shard(const PassPlan& plan, const std::vector<int64_t>& order) {
+    const int r = group_->rank(), world = group_->world();
+    std::vector<int64_t> mine;
+    if (plan.extract_view >= 0) {
+      for (int64_t id : order)
+        if (id % world == r) mine.push_back(id);
+      return mine;
+    }
+    ShardPlan sp = shard_batches(static_cast<int64_t>(order.size()), spec_.train.batch, r, world);
+    for (int64_t pos : sp.positions) mine.push_back(order[static_cast<size_t>(pos)]);
+    local_batch_ = sp.local_batch;
+    group_->set_steps(std::move(sp.steps));
+    return mine;
+  }
+
+  // The passes of (split, epoch) on this rank: every missing entry is extracted first, each
+  // rank into a part of its own (skipped when a failed run completed it), then merged by
+  // rank 0; the pass that reaches the sinks reads it.
+  std::vector<SplitMetrics> run_split_sharded(Split split, int epoch) {
+    const std::vector<PassPlan> passes = plan_split(spec_, split, epoch, plan_ctx_);
+    const int r = group_->rank(), world = group_->world();
+    Writers parts;
+    parts.stride = world;
+    for (const PassPlan& p : passes) {
+      if (p.extract_view < 0) {
+        Writers none;
+        return run_planned(p, none);
+      }
+      const CachePoint& c = p.caches[static_cast<size_t>(p.extract_cache)];
+      const std::string part = part_split_name(split_name(split), r, world);
+      const int64_t n = source_->size(split), count = n > r ? (n - r + world - 1) / world : 0;
+      FeatureCache& st = store(c.root);
+      if (!parts.by_point.count(p.extract_cache) && !st.open(c.key, part))
+        parts.by_point.emplace(p.extract_cache, st.begin(c.key, part, count, c.views, c.description));
+      if (parts.by_point.count(p.extract_cache)) run_planned(p, parts);
+      else if (p.extract_view == 0) res_.cache_hits += count;
+      if (res_.interrupted) return std::vector<SplitMetrics>(sinks_.size());
+      if (p.extract_view + 1 < c.views) continue;
+      parts.by_point.erase(p.extract_cache);  // committed: its lock goes, so that rank 0 can remove the part
+      const std::string what = fmt::format("extraction of {} ({})", c.name, split_name(split));
+      group_->barrier(what);
+      if (r == 0) merge_parts(c, split);
+      group_->barrier("the merge after the " + what);
+    }
+    throw std::logic_error("a plan without a pass that reaches the sinks");
+  }
+
+  // Rank 0, once every rank committed its part: the entry every rank reads. The parts are
+  // removed once it is durable (a rerun after a failure here merges them again).
+  void merge_parts(const CachePoint& c, Split split) {
+    FeatureCache& st = store(c.root);
+    const std::string s = split_name(split);
+    const int world = group_->world();
+    if (!st.open(c.key, s)) {
+      FeatureCache::Writer w = st.begin(c.key, s, source_->size(split), c.views, c.description);
+      for (int r = 0; r < world; ++r) {
+        const auto part = st.open(c.key, part_split_name(s, r, world));
+        if (!part)
+          throw std::runtime_error(fmt::format("rank {}'s part of cache entry {} ({}) is missing though the rank reported it "
+                                               "complete: is the cache directory {} shared by every rank?",
+                                               r, c.key, s, c.root));
+        for (int64_t i = 0; i < part->count(); ++i) {
+          const int64_t id = i * world + r;
+          if (part->skipped(i)) w.skip(id, part->skip_reason(i));
+          else
+            for (int v = 0; v < c.views; ++v) w.add(id, v, part->label(i), part->features(i, v));
+        }
+      }
+      w.commit();
+    }
+    for (int r = 0; r < world; ++r) st.evict(c.key, part_split_name(s, r, world));
+  }
+
   struct Writers {
     std::map<int, FeatureCache::Writer> by_point;  // cache point index -> writer
+    int stride = 1;  // row of sample id: id / stride (a rank's part of an entry holds every stride-th id)
   };
 
   // False when an entry the plan would write turned out complete (replan).
@@ -612,7 +753,9 @@ class Run {
     std::vector<int64_t> order = shuffled(plan.split == Split::train && plan.epoch > 0 ? n : 0, spec_.train.seed, plan.epoch);
     if (order.empty())
       for (int64_t i = 0; i < n; ++i) order.push_back(i);
+    if (group_) order = shard(plan, order);
     PassSpec p = bind(plan, order, w);
+    if (group_ && plan.extract_view < 0) p.sink_batch = local_batch_;
     const bool main_pass = plan.extract_view < 0;
     if (main_pass)
       for (size_t k = 0; k < sinks_.size(); ++k)
@@ -627,8 +770,8 @@ class Run {
     if (r.interrupted) res_.interrupted = true;
     bool writes = false;
     for (const PlanOp& op : plan.ops) {
-      if (op.kind == OpKind::cache_read) res_.cache_hits += n;
-      if (op.kind == OpKind::cache_write) res_.cache_misses += n;
+      if (op.kind == OpKind::cache_read) res_.cache_hits += static_cast<int64_t>(order.size());
+      if (op.kind == OpKind::cache_write) res_.cache_misses += static_cast<int64_t>(order.size());
       writes |= op.kind == OpKind::cache_write;
     }
     if (writes) res_.extraction_seconds += std::max(0.0, r.seconds - static_cast<double>(sinks_busy() - busy0) / 1e9);
@@ -665,7 +808,7 @@ class Run {
     for (const PlanOp& op : plan.ops) {
       if (op.kind != OpKind::cache_write) continue;
       FeatureCache::Writer& wr = w.by_point.at(op.cache);
-      for (const SkippedSample& s : r.skipped) wr.skip(s.id, encode_skip(s));
+      for (const SkippedSample& s : r.skipped) wr.skip(s.id / w.stride, encode_skip(s));
       const CachePoint& c = plan.caches[static_cast<size_t>(op.cache)];
       const bool last_view = plan.extract_view < 0 || plan.extract_view + 1 == c.views;
       if (last_view) wr.commit();
@@ -711,7 +854,7 @@ class Run {
       else if (op.kind == OpKind::cache_read) bind_read(n, plan.caches[static_cast<size_t>(op.cache)]);
       else if (op.kind == OpKind::cache_write) {
         FeatureCache::Writer* wr = &w.by_point.at(op.cache);
-        n.fn = [wr](Sample& s) { wr->add(s.id, s.view, s.label, s.features); };
+        n.fn = [wr, stride = w.stride](Sample& s) { wr->add(s.id / stride, s.view, s.label, s.features); };
       } else bind_stage(n, op);
       p.nodes.push_back(std::move(n));
     }
@@ -826,6 +969,10 @@ class Run {
     s["skipped"] = skipped;
     s["profile"] = res_.profile;
     res_.summary = s;
+    if (group_) s["distributed"] = {{"rank", group_->rank()}, {"world", group_->world()}, {"launcher", cfg_.dist.launcher},
+                                    {"backend", "gloo"}};
+    if (rank_log_)
+      write_file_atomic((fs::path(res_.out_dir) / fmt::format("rank{}.json", rank())).string(), dump(s, 2) + "\n");
     if (cfg_.write_outputs) {
       write_file_atomic((fs::path(res_.out_dir) / "summary.json").string(), dump(s, 2) + "\n");
       write_file_atomic((fs::path(res_.out_dir) / "profile.json").string(), dump(res_.profile, 2) + "\n");
@@ -833,7 +980,10 @@ class Run {
   }
 
   const GraphSpec& spec_;
-  const RunConfig& cfg_;
+  RunConfig cfg_;  // a copy: a rank other than 0 turns its outputs off
+  std::unique_ptr<Group> group_;  // null: one process
+  int local_batch_ = 0;           // this rank's rows of a full global batch
+  bool rank_log_ = false;         // a rank other than 0 that writes its rank<r>.json
   Progress progress_;
   int threads_ = 1;
   std::unique_ptr<Source> source_;

@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "distributed.h"
 #include "executor.h"
 #include "spec.h"
 
@@ -28,6 +29,10 @@ struct RunConfig {
   std::vector<std::string> overrides;
   // Continue the interrupted run in this directory from its last completed epoch.
   std::string resume_dir;
+  // Where this process sits in a distributed run (read_dist_env; world 1: alone), and how
+  // long any wait for the other ranks may take (docs/distributed.md).
+  DistEnv dist;
+  int dist_timeout_s = 300;
 };
 
 // What `pipe run --resume DIR` needs to rebuild the spec: the graph file and overrides the

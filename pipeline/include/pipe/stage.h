@@ -55,13 +55,35 @@ struct StageSchema {
   const ParamSpec* find(const std::string& param) const;
 };
 
+// One step of data-parallel training on this rank: rows [offset, offset + local) of a
+// global batch of `global` rows (docs/distributed.md). local == 0: this rank has no rows of
+// that batch, and still takes part in its all-reduce.
+struct StepShard {
+  int64_t global = 0, offset = 0, local = 0;
+};
+
+// What a sink needs to train data-parallel across processes (pipe launch, torchrun, Slurm,
+// mpirun). The runner owns it; a sink reads it during the run.
+class DataParallel {
+ public:
+  virtual ~DataParallel() = default;
+  virtual int rank() const = 0;
+  virtual int world() const = 0;
+  // This rank's steps in the current pass, in order (the runner sets them before each pass).
+  virtual const std::vector<StepShard>& steps() const = 0;
+  // In place, over every rank; `what` names the collective in an error message.
+  virtual void all_reduce_sum(float* data, std::size_t n, const std::string& what) = 0;
+  virtual void all_reduce_sum(double* data, std::size_t n, const std::string& what) = 0;
+};
+
 struct RunInfo {
   uint64_t seed = 0;
   int epochs = 0;
-  int batch = 0;  // training batch size
+  int batch = 0;  // training batch size (global: over every rank)
   std::vector<std::string> classes;
   std::string out_dir;  // run directory ("" when none, e.g. in tests)
   int threads = 1;
+  DataParallel* parallel = nullptr;  // null: this run is one process
 };
 
 class Stage {
@@ -115,6 +137,17 @@ class MetricSum {
     loss_sum_ += mean_loss * static_cast<double>(n);
     correct_ += correct;
     count_ += n;
+  }
+  // The sums, and a MetricSum made of sums (a distributed sink adds every rank's).
+  double loss_sum() const { return loss_sum_; }
+  int64_t correct() const { return correct_; }
+  int64_t count() const { return count_; }
+  static MetricSum of_sums(double loss_sum, int64_t correct, int64_t count) {
+    MetricSum m;
+    m.loss_sum_ = loss_sum;
+    m.correct_ = correct;
+    m.count_ = count;
+    return m;
   }
   SplitMetrics metrics() const {
     if (count_ == 0) return {};
