@@ -6,8 +6,15 @@
 // The model is frozen: eval() (BatchNorm uses its running statistics, dropout is off),
 // requires_grad(false) on every parameter, and the forward runs under torch::InferenceMode.
 // Pixels become x = p * rescale, or (p * rescale - mean[c]) / std[c] when mean/std are given.
-// On CUDA the host batch is allocated in pinned memory and copied with non_blocking=true;
-// `bf16: true` runs the forward under CUDA autocast to bfloat16 (ignored on the CPU).
+// On CUDA (a runtime path: pipe also builds against a CPU-only LibTorch) the host packs raw
+// uint8 pixels into pinned memory, a quarter of float32's bytes, and the device converts and
+// normalizes them into channels-last float, the layout cuDNN's tensor-core kernels want (the
+// weights are made channels-last too); cuDNN autotuning is on. A batch goes in chunks whose
+// copies are all non-blocking, so packing and uploading chunk k+1 and copying chunk k-1's
+// features back into pinned memory overlap chunk k's forward; the host waits once per batch,
+// for its stream to drain after the last copy back. `bf16: true` runs the CUDA forward under
+// autocast to bfloat16, or to float16 on a device without bfloat16 convolutions (before
+// compute capability 8); it is ignored on the CPU. The fingerprint names the CUDA forward.
 // `optimize: auto` (the default) runs the base on the CPU as frozen TorchScript passed
 // through optimize_for_inference, what `torch.jit.freeze` + `torch.jit.optimize_for_inference`
 // give a PyTorch user: BatchNorm folded into the convolutions, conv+ReLU fused, oneDNN
@@ -27,10 +34,14 @@
 // Example config:
 //   features: {stage: convbase, model: "builtin:small_vgg",
 //              weights: ../models/small_vgg_fmnist.pt, device: auto}
+#include <algorithm>
 #include <filesystem>
 #include <optional>
 
 #include <ATen/autocast_mode.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <fmt/format.h>
 #include <torch/script.h>
 
@@ -67,7 +78,8 @@ class ConvBase : public BatchStage, public Scriptable {
         bf16_(p.get(kBf16)) {
     load_model(p, ctx);
     // CUDA keeps the eager forward: the frozen path is measured and tested on the CPU only.
-    if (p.get(kOptimize) == Optimize::automatic && !device_.is_cuda()) optimize();
+    if (device_.is_cuda()) prepare_cuda();
+    else if (p.get(kOptimize) == Optimize::automatic) optimize();
   }
 
   int batch_size() const override { return batch_; }
@@ -85,14 +97,16 @@ class ConvBase : public BatchStage, public Scriptable {
 
   void process(Batch& batch) override {
     if (batch.samples.empty()) return;
-    const bool cuda = device_.is_cuda();
-    torch::Tensor x = torchu::images_to_tensor(batch.samples, norm_, /*pinned=*/cuda);
+    torch::Tensor y;
+    if (device_.is_cuda()) {
+      y = process_cuda(batch.samples);
+    } else {
+      torch::Tensor x = torchu::images_to_tensor(batch.samples, norm_);
+      torch::InferenceMode inference;
+      y = forward(x).to(torch::kCPU, torch::kFloat).contiguous();
+      check_output(y, static_cast<int64_t>(batch.size()));
+    }
     torch::InferenceMode inference;
-    torch::Tensor y = forward(x.to(device_, /*non_blocking=*/cuda));
-    y = y.to(torch::kCPU, torch::kFloat).contiguous();
-    if (y.dim() < 2 || y.size(0) != static_cast<int64_t>(batch.size()))
-      throw std::runtime_error(fmt::format("{}: the model returned shape ({}) for a batch of {}",
-                                           what_, fmt::join(y.sizes(), ", "), batch.size()));
     for (size_t i = 0; i < batch.size(); ++i) {
       Sample& s = batch.samples[i];
       s.features = torchu::from_torch(y[static_cast<int64_t>(i)]);  // aliases the batch output
@@ -185,10 +199,87 @@ class ConvBase : public BatchStage, public Scriptable {
     return path;
   }
 
+  void check_output(const torch::Tensor& y, int64_t n) const {
+    if (y.dim() < 2 || y.size(0) != n)
+      throw std::runtime_error(fmt::format("{}: the model returned shape ({}) for a batch of {}",
+                                           what_, fmt::join(y.sizes(), ", "), n));
+  }
+
+  // Once, for a CUDA device: cuDNN autotuning (each input shape is timed once, then the
+  // fastest kernels are reused: the shapes repeat batch after batch), channels-last 4-d
+  // weights, the autocast dtype, the normalization as device tensors.
+  void prepare_cuda() {
+    at::globalContext().setBenchmarkCuDNN(true);  // process-wide, like torch.backends.cudnn.benchmark
+    torch::NoGradGuard no_grad;
+    auto channels_last = [](torch::Tensor t) {
+      if (t.dim() == 4) t.set_data(t.contiguous(at::MemoryFormat::ChannelsLast));
+    };
+    if (builtin_) {
+      for (const auto& t : builtin_->parameters()) channels_last(t);
+    } else {
+      for (const auto& t : script_->parameters()) channels_last(t);
+    }
+    std::string precision = "fp32";
+    if (bf16_) {
+      c10::DeviceGuard on(device_);  // the hook asks about the current device
+      const bool bf16_ok = at::detail::getCUDAHooks().supportsBFloat16ConvolutionWithCuDNNv8();
+      autocast_ = bf16_ok ? at::kBFloat16 : at::kHalf;
+      precision = bf16_ok ? "bf16" : "fp16";
+    }
+    std::vector<float> scale(3), shift(3);
+    for (size_t c = 0; c < 3; ++c) {  // the arithmetic of images_to_tensor
+      const double sd = norm_.std.empty() ? 1.0 : norm_.std[c];
+      const double mu = norm_.mean.empty() ? 0.0 : norm_.mean[c];
+      scale[c] = static_cast<float>(norm_.rescale / sd);
+      shift[c] = static_cast<float>(-mu / sd);
+    }
+    scale_ = torch::tensor(scale).view({1, 3, 1, 1}).to(device_);
+    shift_ = torch::tensor(shift).view({1, 3, 1, 1}).to(device_);
+    // Other kernels, another layout, maybe another precision: features that differ from the
+    // CPU's, so a cache keeps them apart.
+    fingerprint_ += fmt::format(" cuda {}", precision);
+  }
+
+  // Chunks of a CUDA batch: 4, so that three quarters of the host packing and all copies but
+  // the last hide behind forwards, each of at least 32 images, so that every forward still
+  // fills the device.
+  static constexpr int64_t kChunks = 4, kMinChunk = 32;
+
+  // The batch's features, float32 (N, C, H', W') in pinned host memory, complete on return.
+  // Nothing in the loop waits for the device: each chunk is packed, queued for upload,
+  // forward and download on the current stream, and the host goes on to pack the next one.
+  torch::Tensor process_cuda(const std::vector<Sample>& samples) {
+    torch::InferenceMode inference;
+    const auto n = static_cast<int64_t>(samples.size());
+    const int64_t chunk = std::max(kMinChunk, (n + kChunks - 1) / kChunks);
+    torch::Tensor out;
+    for (int64_t begin = 0; begin < n; begin += chunk) {
+      const int64_t len = std::min(chunk, n - begin);
+      // Freed pinned blocks are reused only once the copies queued from them have run (the
+      // caching host allocator records an event on the stream for each non-blocking copy).
+      torch::Tensor host = torchu::images_to_uint8(samples, static_cast<size_t>(begin),
+                                                   static_cast<size_t>(len), /*pinned=*/true);
+      // (N, H, W, 3) permuted to (N, 3, H, W) is channels-last as laid out: no transpose.
+      torch::Tensor x = host.to(device_, /*non_blocking=*/true).permute({0, 3, 1, 2});
+      x = x.to(torch::kFloat).mul_(scale_).add_(shift_);
+      torch::Tensor y = forward(x).to(torch::kFloat).contiguous();
+      check_output(y, len);
+      if (!out.defined()) {
+        std::vector<int64_t> shape = y.sizes().vec();
+        shape[0] = n;
+        out = torch::empty(shape, torch::TensorOptions().dtype(torch::kFloat).pinned_memory(true));
+      }
+      out.narrow(0, begin, len).copy_(y, /*non_blocking=*/true);
+    }
+    // The last thing queued is the last copy back: when the stream drains, out is complete.
+    c10::impl::VirtualGuardImpl(device_.type()).getStream(device_).synchronize();
+    return out;
+  }
+
   torch::Tensor forward(const torch::Tensor& x) {
-    const bool autocast = bf16_ && device_.is_cuda();
+    const bool autocast = autocast_.has_value();
     if (autocast) {
-      at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+      at::autocast::set_autocast_gpu_dtype(*autocast_);
       at::autocast::set_enabled(true);
     }
     struct AutocastOff {
@@ -210,6 +301,8 @@ class ConvBase : public BatchStage, public Scriptable {
   torchu::ImageNorm norm_;
   int batch_;
   bool bf16_;
+  std::optional<at::ScalarType> autocast_;  // CUDA with bf16: true
+  torch::Tensor scale_, shift_;             // CUDA: the normalization, (1, 3, 1, 1) on the device
   torch::nn::Sequential builtin_{nullptr};
   std::optional<torch::jit::Module> script_;
   std::optional<torch::jit::Module> fast_;  // optimize: auto on the CPU

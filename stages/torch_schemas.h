@@ -32,7 +32,8 @@ inline const auto kDevice = param::string("device", "auto", "auto (CUDA when ava
 inline const auto kBatch =
     param::integer("batch", 0, "images per forward pass; 0 = chosen for the device (64 on the CPU, 256 on CUDA)")
         .range(0, 65536);
-inline const auto kBf16 = param::boolean("bf16", false, "CUDA only: forward under bfloat16 autocast");
+inline const auto kBf16 = param::boolean(
+    "bf16", false, "CUDA only: forward under bfloat16 autocast (float16 on a device without bfloat16 convolutions)");
 enum class Optimize { automatic, off };
 inline const auto kOptimize = param::choice(
     "optimize", {{"auto", Optimize::automatic}, {"off", Optimize::off}}, Optimize::automatic,

@@ -68,12 +68,13 @@ ImageNorm image_norm(const Params& p, const std::string& what) {
   return n;
 }
 
-torch::Tensor images_to_tensor(const std::vector<Sample>& samples, const ImageNorm& norm,
-                               bool pinned) {
-  if (samples.empty()) throw std::logic_error("images_to_tensor: empty batch");
+namespace {
+// Every image of samples[begin, begin + count) is 8-bit RGB and of samples[0]'s size.
+void check_images(const std::vector<Sample>& samples, size_t begin, size_t count) {
   const cv::Mat& first = samples.front().image;
   const int h = first.rows, w = first.cols;
-  for (const Sample& s : samples) {
+  for (size_t i = begin; i < begin + count; ++i) {
+    const Sample& s = samples[i];
     if (s.image.empty())
       throw SampleError(fmt::format("sample {} has no image", s.describe()));
     if (s.image.type() != CV_8UC3)
@@ -85,6 +86,14 @@ torch::Tensor images_to_tensor(const std::vector<Sample>& samples, const ImageNo
                                     "resize earlier in the graph (decode size: [H, W])",
                                     s.describe(), s.image.cols, s.image.rows, w, h));
   }
+}
+}  // namespace
+
+torch::Tensor images_to_tensor(const std::vector<Sample>& samples, const ImageNorm& norm,
+                               bool pinned) {
+  if (samples.empty()) throw std::logic_error("images_to_tensor: empty batch");
+  check_images(samples, 0, samples.size());
+  const int h = samples.front().image.rows, w = samples.front().image.cols;
   float scale[3], shift[3];
   for (int c = 0; c < 3; ++c) {
     const double sd = norm.std.empty() ? 1.0 : norm.std[c];
@@ -107,6 +116,30 @@ torch::Tensor images_to_tensor(const std::vector<Sample>& samples, const ImageNo
           float* d = dst + c * plane + int64_t{y} * w;
           for (int x = 0; x < w; ++x) d[x] = static_cast<float>(row[3 * x + c]) * scale[c] + shift[c];
         }
+      }
+    }
+  });
+  return out;
+}
+
+torch::Tensor images_to_uint8(const std::vector<Sample>& samples, size_t begin, size_t count,
+                              bool pinned) {
+  if (count == 0 || begin + count > samples.size())
+    throw std::logic_error("images_to_uint8: empty or out-of-range slice");
+  check_images(samples, begin, count);
+  const int h = samples.front().image.rows, w = samples.front().image.cols;
+  const int64_t bytes = int64_t{h} * w * 3;
+  torch::Tensor out = torch::empty({static_cast<int64_t>(count), h, w, 3},
+                                   torch::TensorOptions().dtype(torch::kUInt8).pinned_memory(pinned));
+  uint8_t* base = out.data_ptr<uint8_t>();
+  at::parallel_for(0, static_cast<int64_t>(count), 1, [&](int64_t from, int64_t to) {
+    for (int64_t i = from; i < to; ++i) {
+      const cv::Mat& m = samples[begin + static_cast<size_t>(i)].image;
+      uint8_t* dst = base + i * bytes;
+      if (m.isContinuous()) {
+        std::memcpy(dst, m.data, static_cast<size_t>(bytes));
+      } else {  // a ROI of a larger image: row by row
+        for (int y = 0; y < h; ++y) std::memcpy(dst + int64_t{y} * w * 3, m.ptr<uint8_t>(y), size_t{3} * w);
       }
     }
   });

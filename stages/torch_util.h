@@ -53,6 +53,11 @@ ImageNorm image_norm(const Params& p, const std::string& what);
 // the sample for a wrong type or a size that differs from the first image.
 torch::Tensor images_to_tensor(const std::vector<Sample>& samples, const ImageNorm& norm,
                                bool pinned = false);
+// samples[begin, begin + count) as they are, uint8 (count, H, W, 3), for a device that
+// converts and normalizes them itself: a quarter of float32's bytes to pack and copy. The same
+// checks as images_to_tensor, against samples[0]'s size so that every slice of a batch agrees.
+torch::Tensor images_to_uint8(const std::vector<Sample>& samples, size_t begin, size_t count,
+                              bool pinned);
 
 // ---- pipeline::Tensor <-> torch::Tensor
 // Zero-copy, read-only view: the torch tensor keeps the pipe buffer alive. Never write
