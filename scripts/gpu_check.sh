@@ -33,9 +33,9 @@ if [ -z "$torch_cuda" ]; then
   [ "${GPU_CHECK_ALLOW_CPU_BUILD:-0}" = 1 ] || no_cuda "$msg; GPU_CHECK_ALLOW_CPU_BUILD=1 builds anyway"
   say "$msg; building against the LibTorch CMake finds (GPU_CHECK_ALLOW_CPU_BUILD=1)"
 elif [ "$("$PY" -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')" != 1 ] && [ -z "${GPU_CHECK_TORCH_PREFIX:-}" ]; then
-  # Debian's OpenCV, yaml-cpp and fmt take std::string in the C++11 ABI; pre-2.7 wheels use the old one.
+  # Debian's OpenCV, yaml-cpp and fmt take std::string in the C++11 ABI; older wheels use the old one.
   say "this torch was built with the pre-C++11 ABI and cannot link with Debian's libraries:"
-  say "use torch >= 2.7, or unpack a cxx11-ABI LibTorch zip and set GPU_CHECK_TORCH_PREFIX to it"
+  say "use a recent wheel built with the C++11 ABI, or unpack a cxx11-ABI LibTorch zip and set GPU_CHECK_TORCH_PREFIX to it"
   exit 1
 elif ! command -v nvcc >/dev/null && [ -z "${CUDAToolkit_ROOT:-${CUDA_HOME:-}}" ]; then
   say "warning: no nvcc on PATH nor CUDAToolkit_ROOT/CUDA_HOME: LibTorch's CMake config needs the CUDA toolkit"
