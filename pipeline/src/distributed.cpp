@@ -191,18 +191,17 @@ void Group::lost(const std::string& what, const std::string& detail) {
 }
 
 void Group::all_reduce_sum(float* data, std::size_t n, const std::string& what) {
-  std::vector<at::Tensor> t{at::from_blob(data, {static_cast<int64_t>(n)}, at::kFloat)};
-  try {
-    impl_->pg->allreduce(t)->wait();
-  } catch (const std::exception& e) {
-    lost("all-reduce of " + what, e.what());
-  }
+  all_reduce(at::from_blob(data, {static_cast<int64_t>(n)}, at::kFloat), what);
 }
 
 void Group::all_reduce_sum(double* data, std::size_t n, const std::string& what) {
-  std::vector<at::Tensor> t{at::from_blob(data, {static_cast<int64_t>(n)}, at::kDouble)};
+  all_reduce(at::from_blob(data, {static_cast<int64_t>(n)}, at::kDouble), what);
+}
+
+void Group::all_reduce(const at::Tensor& t, const std::string& what) {
+  std::vector<at::Tensor> ts{t};
   try {
-    impl_->pg->allreduce(t)->wait();
+    impl_->pg->allreduce(ts)->wait();
   } catch (const std::exception& e) {
     lost("all-reduce of " + what, e.what());
   }

@@ -27,6 +27,10 @@
 
 #include "pipe/stage.h"
 
+namespace at {
+class Tensor;
+}
+
 namespace pipeline {
 
 // Where this process sits in a run, read from the environment a launcher sets.
@@ -90,6 +94,7 @@ class Group : public DataParallel {
 
  private:
   struct Impl;
+  void all_reduce(const at::Tensor& t, const std::string& what);
   [[noreturn]] void lost(const std::string& what, const std::string& detail);
   DistEnv env_;
   int timeout_s_;
