@@ -22,10 +22,16 @@
 //
 // Example config:
 //   head: {stage: dense_head, hidden: 256, dropout: 0.5, optimizer: rmsprop, lr: 2.0e-5}
+#include <cmath>
+#include <cstring>
 #include <fstream>
 #include <memory>
 
+#include <ATen/Config.h>
 #include <fmt/format.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 #include "builtin.h"
 #include "supervised_sink.h"
@@ -37,6 +43,220 @@ namespace {
 
 using namespace dense_head;  // the parameters (torch_schemas.h)
 namespace nn = torch::nn;
+
+// --- One intra-op thread for the head, set cheaply.
+// The head's products are tiny (20 x 2048 x 256) and OpenBLAS/ATen split them differently at
+// different thread counts (last-ulp differences in losses were measured here), so the head
+// trains on a thread count of its own, whatever --threads says. SupervisedSink can set one
+// (training_threads()), but through at::set_num_threads, which also rebuilds caffe2's
+// pthreadpool (a thread created and joined per call, unused by the head): two calls per batch
+// made a cached epoch 0.6-1.3 s at --threads 2 against 0.26 s at --threads 1. With LibTorch's
+// OpenMP backend (Debian's, pytorch.org's) ATen's intra-op loops and OpenBLAS follow the
+// calling thread's OpenMP thread count, which omp_set_num_threads sets in nanoseconds for this
+// thread only. Declared weak: pipe does not link OpenMP itself, LibTorch loads libgomp.
+constexpr int kHeadThreads = 1;
+#if AT_PARALLEL_OPENMP && !AT_MKL_ENABLED()  // MKL keeps a thread count of its own
+extern "C" void omp_set_num_threads(int) __attribute__((weak));
+bool cheap_thread_guard() { return omp_set_num_threads != nullptr; }
+#else
+bool cheap_thread_guard() { return false; }
+void omp_set_num_threads(int) {}
+#endif
+
+struct HeadThreads {
+  // at::get_num_threads() first: on a thread's first ATen call it applies the process-wide
+  // count (which would undo a setting made before it).
+  HeadThreads() : on(cheap_thread_guard()), prev(on ? at::get_num_threads() : 0) {
+    if (on && prev != kHeadThreads) omp_set_num_threads(kHeadThreads);
+  }
+  ~HeadThreads() {
+    if (on && prev != kHeadThreads) omp_set_num_threads(prev);
+  }
+  HeadThreads(const HeadThreads&) = delete;
+  HeadThreads& operator=(const HeadThreads&) = delete;
+  bool on;
+  int prev;
+};
+
+// --- RMSprop with a lean step.
+// torch::optim::RMSprop's step is five passes over each parameter (mul_, addcmul_, sqrt, add_,
+// addcdiv_) and allocates the root; with zero_grad's fill and backward's add into the zeroed
+// gradient it was over 40% of the head's epoch. LeanRMSprop does the same update in one pass:
+//   v = alpha v + (1 - alpha) g^2,   w -= lr g / (sqrt(v) + eps)
+// with ATen's roundings (ATen's AVX2 addcmul rounds once, as a fused multiply-add, and
+// every other operation is IEEE-rounded), so the weights are bit-identical to torch's step; a
+// probe on the first step checks that against ATen's own kernels and falls back to torch's
+// step if it does not hold (another CPU or LibTorch build). Then it drops the gradients, as
+// zero_grad(set_to_none) does: backward writes the next gradient instead of adding it to
+// zeros (the same values). The state (step, square_avg, keyed as torch keys it) and options are
+// RMSprop's, so torch::save/load checkpoints are unchanged; weight decay, momentum, centered
+// and a closure take torch's step.
+#if defined(__x86_64__) && defined(__GNUC__)
+// Subnormal square averages. A hidden unit that ReLU has switched off gets zero gradients, so
+// its weights' v decays by alpha every step into the subnormal range and stays there (0.9
+// times the smallest subnormal rounds back to it): after 30 epochs of graphs/cached.yaml, 17% of
+// fc1's v. Every float operation on a subnormal takes a microcode assist (~100 cycles), which
+// made the update 1.3 ms a step instead of 0.2. For such a lane (g = 0) the update is
+// v = v alpha, and w + (-lr g) / avg adds a signed zero whatever avg is (so the vector body
+// computes w with v taken as 0). v alpha, subnormal v = m 2^-149 and alpha < 1, is m alpha
+// rounded to an integer (ties to even) in units of 2^-149: m alpha is exact in double
+// (23 + 24 bits), so rounding it there gives the IEEE product without an assist.
+__attribute__((target("avx2,fma"))) inline float subnormal_times(float v, float alpha) {
+  uint32_t m = 0;
+  std::memcpy(&m, &v, sizeof m);
+  const auto r = static_cast<uint32_t>(std::nearbyint(static_cast<double>(m) * static_cast<double>(alpha)));
+  float out = 0;
+  std::memcpy(&out, &r, sizeof out);
+  return out;
+}
+__attribute__((target("avx2,fma"))) inline bool subnormal(float v) {
+  return v != 0 && std::fpclassify(v) == FP_SUBNORMAL;
+}
+__attribute__((target("avx2,fma"))) inline void rmsprop_scalar(float* w, const float* g, float* v, int64_t n, float alpha,
+                                                                float one_minus_alpha, float eps, float minus_lr) {
+  for (int64_t i = 0; i < n; ++i) {  // ATen's scalar tail rounds as its vector body does
+    if (g[i] == 0 && subnormal(v[i])) {
+      v[i] = subnormal_times(v[i], alpha);
+      w[i] = w[i] + minus_lr * g[i];  // (-lr g) / avg is that signed zero, whatever avg is
+      continue;
+    }
+    const float vi = std::fma(one_minus_alpha * g[i], g[i], v[i] * alpha);
+    v[i] = vi;
+    w[i] = w[i] + minus_lr * g[i] / (std::sqrt(vi) + eps);
+  }
+}
+
+__attribute__((target("avx2,fma"))) void rmsprop_update(float* w, const float* g, float* v, int64_t n, float alpha,
+                                                         float one_minus_alpha, float eps, float minus_lr) {
+  int64_t i = 0;
+  const __m256 a = _mm256_set1_ps(alpha), c = _mm256_set1_ps(one_minus_alpha), e = _mm256_set1_ps(eps),
+               l = _mm256_set1_ps(minus_lr), zero = _mm256_setzero_ps();
+  const __m256i exponent = _mm256_set1_epi32(0x7f800000), zero_i = _mm256_setzero_si256();
+  const __m256d a_d = _mm256_set1_pd(alpha);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 gi = _mm256_loadu_ps(g + i);
+    __m256 vi = _mm256_loadu_ps(v + i);
+    // Subnormal lanes of v (exponent field 0, not 0): integer compares, no assist.
+    const __m256i bits = _mm256_castps_si256(vi);
+    const __m256i sub = _mm256_andnot_si256(_mm256_cmpeq_epi32(bits, zero_i),
+                                            _mm256_cmpeq_epi32(_mm256_and_si256(bits, exponent), zero_i));
+    const bool any_sub = !_mm256_testz_si256(sub, sub);
+    __m256 scaled = zero;
+    if (any_sub) {
+      const __m256i moving = _mm256_castps_si256(_mm256_cmp_ps(gi, zero, _CMP_NEQ_UQ));
+      if (!_mm256_testz_si256(sub, moving)) {  // a subnormal v with a gradient: rare, exact in hardware
+        rmsprop_scalar(w + i, g + i, v + i, 8, alpha, one_minus_alpha, eps, minus_lr);
+        continue;
+      }
+      // m alpha rounded to an integer, in double (4 lanes at a time), back to subnormal bits
+      const __m256d lo = _mm256_round_pd(_mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(bits)), a_d),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m256d hi = _mm256_round_pd(_mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(bits, 1)), a_d),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      scaled = _mm256_castsi256_ps(_mm256_set_m128i(_mm256_cvtpd_epi32(hi), _mm256_cvtpd_epi32(lo)));
+      vi = _mm256_andnot_ps(_mm256_castsi256_ps(sub), vi);  // 0 there: no assist below, same w
+    }
+    // addcmul_(g, g, c) after mul_(alpha): (v alpha) + (c g) g, one rounding for the last two
+    __m256 vn = _mm256_fmadd_ps(_mm256_mul_ps(c, gi), gi, _mm256_mul_ps(vi, a));
+    // sqrt().add_(eps), then addcdiv_(g, avg, -lr): w + (-lr g) / avg
+    const __m256 avg = _mm256_add_ps(_mm256_sqrt_ps(vn), e);
+    _mm256_storeu_ps(w + i, _mm256_add_ps(_mm256_loadu_ps(w + i), _mm256_div_ps(_mm256_mul_ps(l, gi), avg)));
+    if (any_sub) vn = _mm256_blendv_ps(vn, scaled, _mm256_castsi256_ps(sub));
+    _mm256_storeu_ps(v + i, vn);
+  }
+  rmsprop_scalar(w + i, g + i, v + i, n - i, alpha, one_minus_alpha, eps, minus_lr);
+}
+bool cpu_has_avx2_fma() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+#else
+void rmsprop_update(float*, const float*, float*, int64_t, float, float, float, float) {}
+bool cpu_has_avx2_fma() { return false; }
+#endif
+
+
+// Does rmsprop_update reproduce torch's step bit for bit here? Checked on values where one
+// rounding more or less shows (about 1 in 14 random values) and on subnormal v with and without
+// a gradient: a vector body with a scalar tail, and short tensors that are all tail.
+bool lean_step_matches_aten() {
+  if (!cpu_has_avx2_fma()) return false;
+  torch::NoGradGuard no_grad;
+  const double alpha = 0.9, eps = 1e-7, lr = 1e-4;
+  for (int k = 0; k < 33; ++k) {
+    const int64_t n = k == 0 ? 4096 + 13 : 13;
+    const torch::Tensor j = torch::arange(n, torch::kLong);
+    const torch::Tensor i = j.to(torch::kFloat) + static_cast<float>(13 * k);
+    torch::Tensor w = torch::sin(i * 0.37f), g = torch::cos(i * 1.3f) * 1e-2f, v = torch::sin(i * 0.11f).abs_() * 1e-4f;
+    // Subnormal v (bit patterns 1 .. 2^23 - 1), some with g = 0: whole vectors of them, vectors
+    // where they have gradients, vectors mixing them with normal lanes, the tail.
+    const torch::Tensor m = ((j * 7919 + k) % ((1 << 23) - 1) + 1).to(torch::kInt).view(torch::kFloat);
+    const torch::Tensor sub = k == 0 ? ((j < 128) | ((j < 192) & (j % 2 == 0)) | (j >= n - 6)) : (j % 3 == 0);
+    const torch::Tensor still = k == 0 ? ((j < 64) | ((j >= 128) & (j < 192) & (j % 2 == 0)) | ((j % 2 == 0) & (j >= n - 6)))
+                                       : (j % 2 == 0);
+    v = torch::where(sub, m, v);
+    g = torch::where(still, torch::zeros_like(g), g);
+    const torch::Tensor v_aten = v.mul(alpha).addcmul_(g, g, 1 - alpha);
+    const torch::Tensor w_aten = w.addcdiv(g, v_aten.sqrt().add_(eps), -lr);
+    torch::Tensor w_lean = w.clone(), v_lean = v.clone();
+    rmsprop_update(w_lean.data_ptr<float>(), g.data_ptr<float>(), v_lean.data_ptr<float>(), n, static_cast<float>(alpha),
+                   static_cast<float>(1 - alpha), static_cast<float>(eps), static_cast<float>(-lr));
+    if (!torch::equal(v_lean, v_aten) || !torch::equal(w_lean, w_aten)) return false;
+  }
+  return true;
+}
+
+class LeanRMSprop : public torch::optim::RMSprop {
+ public:
+  using RMSprop::RMSprop;
+
+  torch::Tensor step(LossClosure closure = nullptr) override {
+    static const bool matches = lean_step_matches_aten();
+    if (closure != nullptr || !matches || !lean()) return RMSprop::step(std::move(closure));
+    torch::NoGradGuard no_grad;
+    for (auto& group : param_groups_) {
+      const auto& o = static_cast<const torch::optim::RMSpropOptions&>(group.options());
+      for (torch::Tensor& p : group.params()) {
+        if (!p.grad().defined()) continue;
+        auto& slot = state_[c10::guts::to_string(p.unsafeGetTensorImpl())];
+        if (!slot) {  // as RMSprop::step creates it
+          auto s = std::make_unique<torch::optim::RMSpropParamState>();
+          s->square_avg(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+          slot = std::move(s);
+        }
+        auto& s = static_cast<torch::optim::RMSpropParamState&>(*slot);
+        s.step(s.step() + 1);
+        const torch::Tensor& g = p.grad();
+        rmsprop_update(p.data_ptr<float>(), g.data_ptr<float>(), s.square_avg().data_ptr<float>(), p.numel(),
+                       static_cast<float>(o.alpha()), static_cast<float>(1 - o.alpha()), static_cast<float>(o.eps()),
+                       static_cast<float>(-o.lr()));
+        p.mutable_grad() = torch::Tensor();
+      }
+    }
+    return {};
+  }
+
+ private:
+  // The plain update on dense float32 CPU tensors: what rmsprop_update computes.
+  bool lean() const {
+    const auto dense = [](const torch::Tensor& t) {
+      return t.defined() && t.device().is_cpu() && t.scalar_type() == torch::kFloat && t.is_contiguous() &&
+             t.layout() == torch::kStrided;
+    };
+    for (const auto& group : param_groups_) {
+      const auto& o = static_cast<const torch::optim::RMSpropOptions&>(group.options());
+      // alpha < 1: subnormal v alpha stays subnormal (see subnormal_times)
+      if (o.weight_decay() != 0 || o.momentum() != 0 || o.centered() || !(o.alpha() >= 0 && o.alpha() < 1)) return false;
+      for (const torch::Tensor& p : group.params()) {
+        if (!p.grad().defined()) continue;
+        if (!dense(p) || !dense(p.grad()) || p.grad().numel() != p.numel()) return false;
+        const auto it = state_.find(c10::guts::to_string(p.unsafeGetTensorImpl()));
+        if (it != state_.end()) {
+          const torch::Tensor& v = static_cast<const torch::optim::RMSpropParamState&>(*it->second).square_avg();
+          if (!dense(v) || v.numel() != p.numel()) return false;
+        }
+      }
+    }
+    return true;
+  }
+};
 
 struct HeadImpl : nn::Module {
   HeadImpl(int64_t in, int64_t hidden, int64_t out, double dropout)
@@ -76,6 +296,15 @@ class DenseHead : public SupervisedSink {
       throw std::runtime_error(fmt::format("{}: dropout must be in [0, 1), got {}", what(), dropout_));
   }
 
+  void consume(Batch& batch) override {
+    const HeadThreads threads;
+    SupervisedSink::consume(batch);
+  }
+  SplitMetrics end_epoch() override {
+    const HeadThreads threads;
+    return SupervisedSink::end_epoch();
+  }
+
   void save(const std::string& dir) override {
     if (built() && !dir.empty()) torchu::save_file(head_, dir + "/" + safe_file_name(node(), kMaxFileName - 3) + ".pt");
   }
@@ -113,9 +342,10 @@ class DenseHead : public SupervisedSink {
     return w.finish();
   }
   torch::optim::Optimizer& optimizer() override { return *optimizer_impl_; }
-  // The head is tiny, and OpenBLAS/ATen split its products differently at different thread
-  // counts (last-ulp differences in losses were measured here).
-  int training_threads() const override { return 1; }
+  // kHeadThreads, set by HeadThreads around everything the head computes (consume, and
+  // end_epoch's steps of a distributed run); SupervisedSink's own setting only where that guard
+  // is not available.
+  int training_threads() const override { return cheap_thread_guard() ? 0 : kHeadThreads; }
 
   void build(int64_t in) override {
     head_ = Head(in, hidden_, classes() == 2 ? 1 : classes(), dropout_);
@@ -126,7 +356,7 @@ class DenseHead : public SupervisedSink {
       // torch adds eps outside the root, w -= lr * g / (sqrt(v) + eps), as Keras 2.0.8 (the
       // book's, eps 1e-8) did; tf.keras 2.x and Keras 3 add it inside, sqrt(v + eps). The two
       // differ only where v is small (v < ~1e-6): there Keras' effective step is smaller.
-      optimizer_impl_ = std::make_unique<torch::optim::RMSprop>(
+      optimizer_impl_ = std::make_unique<LeanRMSprop>(
           params, torch::optim::RMSpropOptions(lr_).alpha(0.9).eps(1e-7).weight_decay(weight_decay_));
     } else if (optimizer_ == Optimizer::adam) {  // Keras' epsilon 1e-7 (torch's default is 1e-8)
       optimizer_impl_ = std::make_unique<torch::optim::Adam>(

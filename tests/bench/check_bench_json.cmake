@@ -28,6 +28,7 @@ set(expected
   "extraction small_vgg 32px"
   "extraction vgg16 64px"
   "cached head epoch"
+  "head epoch vs its GEMM arithmetic"
   "augmented epoch small_vgg 32px"
   "determinism cost"
   "decode+augment 28px"
