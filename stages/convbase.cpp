@@ -226,15 +226,9 @@ class ConvBase : public BatchStage, public Scriptable {
       autocast_ = bf16_ok ? at::kBFloat16 : at::kHalf;
       precision = bf16_ok ? "bf16" : "fp16";
     }
-    std::vector<float> scale(3), shift(3);
-    for (size_t c = 0; c < 3; ++c) {  // the arithmetic of images_to_tensor
-      const double sd = norm_.std.empty() ? 1.0 : norm_.std[c];
-      const double mu = norm_.mean.empty() ? 0.0 : norm_.mean[c];
-      scale[c] = static_cast<float>(norm_.rescale / sd);
-      shift[c] = static_cast<float>(-mu / sd);
-    }
-    scale_ = torch::tensor(scale).view({1, 3, 1, 1}).to(device_);
-    shift_ = torch::tensor(shift).view({1, 3, 1, 1}).to(device_);
+    const torchu::PixelAffine a = torchu::pixel_affine(norm_);
+    scale_ = torch::tensor(at::ArrayRef<float>(a.scale)).view({1, 3, 1, 1}).to(device_);
+    shift_ = torch::tensor(at::ArrayRef<float>(a.shift)).view({1, 3, 1, 1}).to(device_);
     // Other kernels, another layout, maybe another precision: features that differ from the
     // CPU's, so a cache keeps them apart.
     fingerprint_ += fmt::format(" cuda {}", precision);

@@ -120,15 +120,9 @@ torch::jit::Module ScriptWriter::finish() {
 }
 
 void script_norm(ScriptWriter& w, const torchu::ImageNorm& norm) {
-  std::vector<float> scale(3), shift(3);
-  for (size_t c = 0; c < 3; ++c) {  // as images_to_tensor computes them
-    const double sd = norm.std.empty() ? 1.0 : norm.std[c];
-    const double mu = norm.mean.empty() ? 0.0 : norm.mean[c];
-    scale[c] = static_cast<float>(norm.rescale / sd);
-    shift[c] = static_cast<float>(-mu / sd);
-  }
-  w.line(fmt::format("x = x * {} + {}", w.tensor("pixel_scale", torch::tensor(scale).view({1, 3, 1, 1})),
-                     w.tensor("pixel_shift", torch::tensor(shift).view({1, 3, 1, 1}))));
+  const torchu::PixelAffine a = torchu::pixel_affine(norm);  // as images_to_tensor computes them
+  w.line(fmt::format("x = x * {} + {}", w.tensor("pixel_scale", torch::tensor(at::ArrayRef<float>(a.scale)).view({1, 3, 1, 1})),
+                     w.tensor("pixel_shift", torch::tensor(at::ArrayRef<float>(a.shift)).view({1, 3, 1, 1}))));
 }
 
 void script_layers(ScriptWriter& w, const nn::Sequential& layers, const std::string& prefix) {

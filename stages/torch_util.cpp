@@ -89,18 +89,23 @@ void check_images(const std::vector<Sample>& samples, size_t begin, size_t count
 }
 }  // namespace
 
+PixelAffine pixel_affine(const ImageNorm& norm) {
+  PixelAffine a;
+  for (size_t c = 0; c < 3; ++c) {
+    const double sd = norm.std.empty() ? 1.0 : norm.std[c];
+    const double mu = norm.mean.empty() ? 0.0 : norm.mean[c];
+    a.scale[c] = static_cast<float>(norm.rescale / sd);
+    a.shift[c] = static_cast<float>(-mu / sd);
+  }
+  return a;
+}
+
 torch::Tensor images_to_tensor(const std::vector<Sample>& samples, const ImageNorm& norm,
                                bool pinned) {
   if (samples.empty()) throw std::logic_error("images_to_tensor: empty batch");
   check_images(samples, 0, samples.size());
   const int h = samples.front().image.rows, w = samples.front().image.cols;
-  float scale[3], shift[3];
-  for (int c = 0; c < 3; ++c) {
-    const double sd = norm.std.empty() ? 1.0 : norm.std[c];
-    const double mu = norm.mean.empty() ? 0.0 : norm.mean[c];
-    scale[c] = static_cast<float>(norm.rescale / sd);
-    shift[c] = static_cast<float>(-mu / sd);
-  }
+  const auto [scale, shift] = pixel_affine(norm);
   const auto n = static_cast<int64_t>(samples.size());
   torch::Tensor out =
       torch::empty({n, 3, h, w}, torch::TensorOptions().dtype(torch::kFloat).pinned_memory(pinned));

@@ -2,6 +2,7 @@
 // Includes <torch/torch.h>: only files listed in PIPE_TORCH_SOURCES may include this header.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <sstream>
@@ -43,6 +44,13 @@ struct ImageNorm {
   double rescale = 1.0 / 255.0;
   std::vector<double> mean, std;  // both empty or both of size 3 (RGB order)
 };
+// The normalization as one multiply-add per channel, x = p * scale[c] + shift[c], in float: the
+// arithmetic every path that normalizes pixels does (CPU, CUDA, an exported model), so that
+// they agree to the bit.
+struct PixelAffine {
+  std::array<float, 3> scale, shift;
+};
+PixelAffine pixel_affine(const ImageNorm& norm);
 // Reads the params `rescale`, `mean`, `std` (declared in torch_schemas.h) and
 // checks them; throws std::runtime_error naming `what` on inconsistent lists.
 ImageNorm image_norm(const Params& p, const std::string& what);
