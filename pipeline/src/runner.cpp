@@ -15,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <thread>
 
 #include <fmt/format.h>
@@ -640,18 +641,19 @@ class Run {
     std::string text;
     for (const auto& [k, v] : mine) text += v + "\n";
     const std::vector<std::string> all = group_->all_gather("checking that every rank runs the same graph", text);
-    for (size_t r = 1; r < all.size(); ++r) {
-      if (all[r] == all[0]) continue;
-      std::vector<std::string> theirs;
-      for (size_t a = 0, b; (b = all[r].find('\n', a)) != std::string::npos; a = b + 1) theirs.push_back(all[r].substr(a, b - a));
-      std::vector<std::string> first;
-      for (size_t a = 0, b; (b = all[0].find('\n', a)) != std::string::npos; a = b + 1) first.push_back(all[0].substr(a, b - a));
-      for (size_t k = 0; k < mine.size(); ++k)
-        if (k >= theirs.size() || k >= first.size() || theirs[k] != first[k])
+    const auto field = [](const std::string& text, size_t k) {
+      std::istringstream in(text);
+      std::string line;
+      for (size_t i = 0; std::getline(in, line); ++i)
+        if (i == k) return line;
+      return std::string("?");
+    };
+    for (size_t r = 1; r < all.size(); ++r)
+      for (size_t k = 0; k < mine.size() && all[r] != all[0]; ++k)
+        if (field(all[r], k) != field(all[0], k))
           throw std::runtime_error(fmt::format("rank {} and rank 0 differ in their {}: '{}' vs '{}'; every rank must run the same "
                                                "graph, overrides, pipe and data",
-                                               r, mine[k].first, k < theirs.size() ? theirs[k] : "?", k < first.size() ? first[k] : "?"));
-    }
+                                               r, mine[k].first, field(all[r], k), field(all[0], k)));
   }
 
   // This rank's part of a pass: the ids id % world == rank of an extraction pass; its rows of
