@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <mutex>
 #include <stdexcept>
+#include <system_error>
 #include <thread>
 
 #include <fmt/format.h>
@@ -107,6 +108,7 @@ struct Group::Impl {
   std::mutex mu;
   std::condition_variable cv;
   bool stop = false;
+  bool finished = false;  // finish() ran: every rank is past its last use of the store
   int64_t seq = 0;  // sequence number of store-based collectives, the same on every rank
 
   void stop_beat() {
@@ -160,7 +162,20 @@ Group::Group(const DistEnv& env, int timeout_s) : env_(env), timeout_s_(timeout_
 }
 
 Group::~Group() {
-  if (impl_) impl_->stop_beat();
+  if (!impl_) return;
+  impl_->stop_beat();
+  // Rank 0 leaving early (it failed, or refused the others) would take the store with it
+  // while the others still read from it: they would see a broken pipe instead of its reason.
+  // It waits, briefly, until each has finished or reported its own failure.
+  if (env_.rank != 0 || impl_->finished) return;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(kSilence_s);
+  try {
+    for (int r = 1; r < env_.world; ++r)
+      while (!impl_->store->check({fmt::format("done/{}", r)}) && !impl_->store->check({fmt::format("failed/{}", r)}) &&
+             std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  } catch (...) {
+  }
 }
 
 void Group::lost(const std::string& what, const std::string& detail) {
@@ -249,6 +264,8 @@ std::vector<std::string> Group::all_gather(const std::string& what, const std::s
   } catch (const c10::Error& e) {
     throw fail(fmt::format("rank 0, which hosts the store at {}:{}, is gone ({})", env_.master_addr, env_.master_port,
                            e.what_without_backtrace()));
+  } catch (const std::system_error& e) {  // the store's socket: "Broken pipe", "Connection reset"
+    throw fail(fmt::format("rank 0, which hosts the store at {}:{}, is gone ({})", env_.master_addr, env_.master_port, e.what()));
   }
   return out;
 }
@@ -278,6 +295,7 @@ void Group::finish() {
   std::vector<std::string> keys;
   for (int r = 1; r < env_.world; ++r) keys.push_back(fmt::format("done/{}", r));
   if (!keys.empty()) impl_->store->wait(keys);
+  impl_->finished = true;
 }
 
 }  // namespace pipeline
