@@ -5,7 +5,8 @@ pipe=$1 cmake=$2 out=$3
 mkdir -p "$out"
 rm -f "$out/bench.json"
 start=$SECONDS
-"$pipe" bench --smoke --out "$out/bench.json"
+rc=0; "$pipe" bench --smoke --out "$out/bench.json" || rc=$?
+[ "$rc" -eq 0 ] || { echo "pipe bench --smoke exited $rc"; exit 1; }
 echo "pipe bench --smoke: $((SECONDS - start)) s"
 "$cmake" -DJSON="$out/bench.json" -P "$(dirname "$0")/check_bench_json.cmake"
 # --only runs just the matching figures; a name matching nothing is a usage error (2).
