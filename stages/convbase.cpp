@@ -68,7 +68,7 @@ int choose_batch(int requested, const torch::Device& device) {
   return device.is_cuda() ? 256 : 64;
 }
 
-class ConvBase : public BatchStage, public Scriptable {
+class ConvBase : public BatchStage, public FillsCores, public Scriptable {
  public:
   ConvBase(const Params& p, const StageContext& ctx)
       : what_(fmt::format("convbase '{}'", ctx.node)),
@@ -83,6 +83,10 @@ class ConvBase : public BatchStage, public Scriptable {
   }
 
   int batch_size() const override { return batch_; }
+
+  // On the CPU the forward runs on LibTorch's whole intra-op team: the executor holds the
+  // per-sample stages back while it runs (FillsCores). A team of one leaves cores to them.
+  bool fills_cores() const override { return device_.is_cpu() && at::get_num_threads() > 1; }
 
   // For model.pt: the normalization and the network, in float32 on the CPU (bf16 is a
   // CUDA speed option, not part of what the base computes).

@@ -48,7 +48,7 @@ TEST_CASE("mismatched plugins are refused with the file and both versions") {
                     "plugin " + plugin("bad_abi") + ": plugin ABI version 999 does not match pipe's 1");
   CHECK_THROWS_WITH(load_plugin(plugin("newer_api"), Registry::global()),
                     "plugin " + plugin("newer_api") +
-                        ": built against pipe API 0.3, this pipe provides 0.2 (a plugin loads when the major "
+                        ": built against pipe API 0.4, this pipe provides 0.3 (a plugin loads when the major "
                         "versions match and its minor is not newer)");
   CHECK_THROWS_WITH(load_plugin(plugin("bad_fingerprint"), Registry::global()),
                     "plugin " + plugin("bad_fingerprint") +

@@ -1,8 +1,10 @@
 #include "executor.h"
 
 #include <algorithm>
+#include <condition_variable>
 #include <exception>
 #include <map>
+#include <optional>
 #include <set>
 #include <unordered_map>
 
@@ -158,6 +160,52 @@ Sample apply_join(const PassNode& op, std::vector<Sample>& ins) {
   return out;
 }
 
+// Closed while a batch op that fills every core runs (FillsCores, pipe/stage.h): per-sample
+// work waits here instead of preempting the op's thread team. On 2 cores, decode beside a
+// 32 px CPU forward cost the forward about twice decode's own CPU time (the team's barrier
+// waited for its preempted thread while the other core spun); taking turns costs only decode's.
+class CoreGate {
+ public:
+  // Returns the nanoseconds spent waiting (0 when open: one atomic load).
+  int64_t wait_open() {
+    if (!closed_.load(std::memory_order_acquire)) return 0;
+    const int64_t t0 = now_ns();
+    std::unique_lock<std::mutex> lock(mu_);
+    open_.wait(lock, [&] { return !closed_.load(std::memory_order_relaxed); });
+    return now_ns() - t0;
+  }
+
+  // Closes the gate for its lifetime: opened again on every exit, exceptions included.
+  class Closed {
+   public:
+    explicit Closed(CoreGate& g) : g_(g) { g_.set(true); }
+    ~Closed() { g_.set(false); }
+    Closed(const Closed&) = delete;
+    Closed& operator=(const Closed&) = delete;
+
+   private:
+    CoreGate& g_;
+  };
+
+ private:
+  void set(bool closed) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      closed_.store(closed, std::memory_order_release);
+    }
+    if (!closed) open_.notify_all();
+  }
+
+  std::mutex mu_;
+  std::condition_variable open_;
+  std::atomic<bool> closed_{false};
+};
+
+bool fills_cores(const PassNode& op) {
+  const auto* f = dynamic_cast<const FillsCores*>(op.impl);
+  return f && f->fills_cores();
+}
+
 // One sample's values on its way through the region: per producer (index 0: the feed), and
 // how many consumers have yet to take each (the last one takes it without a copy).
 struct Bundle {
@@ -178,8 +226,8 @@ struct Bundle {
 // different samples; serial ops are serialized by their own mutex.
 class Region {
  public:
-  Region(const PassSpec& pass, const Topology& t, Profile& profile, NodeProfile& load_prof)
-      : pass_(pass), t_(t), load_prof_(load_prof), locks_(pass.nodes.size()) {
+  Region(const PassSpec& pass, const Topology& t, Profile& profile, NodeProfile& load_prof, CoreGate& gate)
+      : pass_(pass), t_(t), load_prof_(load_prof), gate_(gate), locks_(pass.nodes.size()) {
     for (size_t i = 0; i < pass.nodes.size(); ++i) {
       const PassNode& n = pass.nodes[i];
       profs_.push_back(&profile.node(n.name, n.stage));
@@ -202,6 +250,7 @@ class Region {
     b.values.resize(pass_.nodes.size() + 1);
     b.uses = uses_;
     if (pass_.load) {
+      load_prof_.gated_ns += gate_.wait_open();
       Timed t(load_prof_);
       const bool ok = guarded(pass_, load_op_, fed, [&] { pass_.load(fed); }, &b.skipped);
       finish(b, load_prof_, t.done());
@@ -217,6 +266,7 @@ class Region {
         for (int in : t_.inputs[i]) ins.push_back(b.take(in));
       else
         s = b.take(t_.inputs[i][0]);
+      profs_[i]->gated_ns += gate_.wait_open();
       std::unique_lock<std::mutex> lock;
       if (locks_[i]) lock = std::unique_lock<std::mutex>(*locks_[i]);
       Timed t(*profs_[i]);
@@ -240,6 +290,7 @@ class Region {
   const PassSpec& pass_;
   const Topology& t_;
   NodeProfile& load_prof_;
+  CoreGate& gate_;
   PassNode load_op_;
   std::vector<NodeProfile*> profs_;
   std::vector<std::unique_ptr<std::mutex>> locks_;
@@ -251,8 +302,9 @@ class Region {
 // branch (a sink, or the cache write of an extraction pass) took it.
 class Tail {
  public:
-  Tail(const PassSpec& pass, const Topology& t, Profile& profile, std::function<void()> release)
-      : pass_(pass), t_(t), bufs_(pass.nodes.size()), joins_(pass.nodes.size()), release_(std::move(release)) {
+  Tail(const PassSpec& pass, const Topology& t, Profile& profile, CoreGate& gate, std::function<void()> release)
+      : pass_(pass), t_(t), gate_(gate), bufs_(pass.nodes.size()), joins_(pass.nodes.size()),
+        release_(std::move(release)) {
     for (const PassNode& n : pass.nodes) profs_.push_back(&profile.node(n.name, n.stage));
   }
 
@@ -372,6 +424,8 @@ class Tail {
       return n == 1 ? b.samples.front().describe()
                     : fmt::format("{}..{}", b.samples.front().describe(), b.samples.back().describe());
     };
+    std::optional<CoreGate::Closed> closed;
+    if (op.kind == StageKind::batch_map && fills_cores(op)) closed.emplace(gate_);
     Timed t(*profs_[static_cast<size_t>(i)]);
     try {
       if (op.kind == StageKind::sink) static_cast<SinkStage*>(op.impl)->consume(b);
@@ -408,6 +462,7 @@ class Tail {
 
   const PassSpec& pass_;
   const Topology& t_;
+  CoreGate& gate_;
   std::vector<NodeProfile*> profs_;
   std::vector<std::vector<Item>> bufs_;
   std::vector<std::map<int64_t, Pending>> joins_;
@@ -431,9 +486,9 @@ namespace {
 // A pass whose region is only memory reads: run on the calling thread, no hand-offs. At most
 // one partial batch per tail op is ever held, so memory stays bounded.
 PassResult run_inline(const PassSpec& pass, const Topology& topo, const Region& region, Profile& profile,
-                      NodeProfile& feed_prof, int64_t t_start) {
+                      CoreGate& gate, NodeProfile& feed_prof, int64_t t_start) {
   // Inline: at most one partial batch per tail op is ever held, so memory stays bounded.
-  Tail tail(pass, topo, profile, [] {});
+  Tail tail(pass, topo, profile, gate, [] {});
   int64_t fed = 0;
   bool stopped = false;
   for (; fed < pass.count; ++fed) {
@@ -460,7 +515,7 @@ PassResult run_inline(const PassSpec& pass, const Topology& topo, const Region& 
 
 // The flow graph: feed -> limiter -> region (parallel) -> sequencer -> tail (serial).
 PassResult run_flow(const PassSpec& pass, const Topology& topo, const Region& region, Profile& profile,
-                    NodeProfile& feed_prof, NodeProfile* tail_in, int64_t cap, int64_t t_start) {
+                    CoreGate& gate, NodeProfile& feed_prof, NodeProfile* tail_in, int64_t cap, int64_t t_start) {
   flow::graph g;
   std::atomic<int64_t> in_flight{0};
   std::atomic<bool> stopped{false};
@@ -498,7 +553,7 @@ PassResult run_flow(const PassSpec& pass, const Topology& topo, const Region& re
     return m;
   });
 
-  Tail tail(pass, topo, profile, [&] {
+  Tail tail(pass, topo, profile, gate, [&] {
     --in_flight;
     limiter.decrementer().try_put(flow::continue_msg());
   });
@@ -554,13 +609,14 @@ PassResult run_pass(const PassSpec& pass, Profile& profile) {
   NodeProfile& feed_prof = profile.node("(feed)", "source");
   // Only a pass with a separate load step shows it in the profile (planned passes load in an op).
   NodeProfile& load_prof = pass.load ? profile.node(pass.load_name, "load") : feed_prof;
-  const Region region(pass, topo, profile, load_prof);
+  CoreGate gate;
+  const Region region(pass, topo, profile, load_prof, gate);
   NodeProfile* tail_in = nullptr;
   for (size_t i = 0; i < pass.nodes.size() && !tail_in; ++i)
     if (!topo.region[i]) tail_in = &profile.node(pass.nodes[i].name, pass.nodes[i].stage);
 
-  if (region.cheap()) return run_inline(pass, topo, region, profile, feed_prof, t_start);
-  return run_flow(pass, topo, region, profile, feed_prof, tail_in, cap, t_start);
+  if (region.cheap()) return run_inline(pass, topo, region, profile, gate, feed_prof, t_start);
+  return run_flow(pass, topo, region, profile, gate, feed_prof, tail_in, cap, t_start);
 }
 
 }  // namespace pipeline

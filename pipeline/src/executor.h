@@ -37,6 +37,7 @@ struct NodeProfile {
   std::atomic<int64_t> busy_ns{0};     // inside the stage's code
   std::atomic<int64_t> blocked_ns{0};  // finished, waiting for the next node to take the sample
   std::atomic<int64_t> wait_ns{0};     // serial tail only: idle, waiting for input
+  std::atomic<int64_t> gated_ns{0};    // per-sample ops: held back while a FillsCores op ran
 };
 
 class Profile {

@@ -907,6 +907,7 @@ class Run {
                       // Summed over samples (sample-seconds): with many samples in flight this exceeds wall time.
                       {"blocked_sample_seconds", static_cast<double>(n->blocked_ns.load()) / 1e9},
                       {"waiting_seconds", static_cast<double>(n->wait_ns.load()) / 1e9},
+                      {"gated_seconds", static_cast<double>(n->gated_ns.load()) / 1e9},
                       {"items_per_s", busy > 0 ? static_cast<double>(n->items.load()) / busy : 0.0}});
     }
     return prof;

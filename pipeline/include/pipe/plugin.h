@@ -19,7 +19,7 @@
 // API: a plugin built against MAJOR.MINOR loads into a host with the same MAJOR and a
 // MINOR at least as new (GStreamer's rule).
 #define PIPE_API_MAJOR 0u
-#define PIPE_API_MINOR 2u
+#define PIPE_API_MINOR 3u
 
 #define PIPE_STR_(x) #x
 #define PIPE_STR(x) PIPE_STR_(x)
