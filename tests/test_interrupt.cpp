@@ -143,3 +143,32 @@ TEST_CASE("a second SIGINT exits at once with 130 before the graceful stop compl
   CHECK(err.find("interrupted after") == std::string::npos);
   fs::remove_all(tmp);
 }
+
+// SIGTERM is what Slurm (at the time limit, or scancel), torchrun, `kill` and container
+// runtimes send before SIGKILL: a run stops as on Ctrl-C, keeping its completed epochs.
+TEST_CASE("SIGTERM stops a run like Ctrl-C: exit 143, partial results, resumable") {
+  const fs::path tmp = fs::temp_directory_path() / fmt::format("pipe-sigterm-{}", ::getpid());
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  const std::string pipe_bin = std::string(PIPE_BINARY_DIR) + "/pipe";
+  const std::string graph = std::string(PIPE_SOURCE_DIR) + "/graphs/cached.yaml";
+  const std::string cache = (tmp / "cache").string();
+  Child c = spawn({pipe_bin, "run", graph, "--set", "data.per_class=[150, 50, 50]", "--set", "train.epochs=40",
+                   "--no-progress", "--out", (tmp / "run").string()},
+                  cache);
+  std::string err = read_until(c.err, "epoch   3/40");
+  REQUIRE(err.find("epoch   3/40") != std::string::npos);
+  ::kill(c.pid, SIGTERM);
+  int raw = 0;
+  finish(c, &err, &raw);
+  INFO(err);
+  CHECK(WIFEXITED(raw));  // exit(143) after the graceful stop, not killed by the default action
+  CHECK(WEXITSTATUS(raw) == 143);
+  CHECK(err.find("terminated (SIGTERM)") != std::string::npos);
+  const auto s = nlohmann::json::parse(std::ifstream(tmp / "run" / "summary.json"));
+  CHECK(s.at("status") == "interrupted");
+  CHECK(s.at("epochs_completed").get<int>() >= 3);
+  Child resumed = spawn({pipe_bin, "run", "--resume", (tmp / "run").string(), "--no-progress"}, cache);
+  CHECK(finish(resumed) == 0);
+  fs::remove_all(tmp);
+}

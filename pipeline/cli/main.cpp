@@ -1,6 +1,7 @@
 // pipe: run, validate, inspect and draw dataflow graphs for transfer learning.
 //
-// Exit codes: 0 ok, 1 the run failed, 2 usage or validation error, 130 interrupted;
+// Exit codes: 0 ok, 1 the run failed, 2 usage or validation error, 130 interrupted (SIGINT),
+// 143 stopped by SIGTERM;
 // pipe sweep: the number of runs that failed (at most 125).
 #include <unistd.h>
 
@@ -36,12 +37,27 @@ using namespace pipeline;
 namespace {
 
 std::atomic<bool> g_stop{false};
+std::atomic<int> g_stop_signal{0};
 
-void on_sigint(int) {
-  if (g_stop.exchange(true)) _exit(130);  // second Ctrl-C: leave now
-  const char msg[] = "\npipe: interrupted; finishing the current batch (Ctrl-C again to quit now)\n";
-  [[maybe_unused]] ssize_t n = ::write(STDERR_FILENO, msg, sizeof msg - 1);
+// SIGINT (Ctrl-C) and SIGTERM (what Slurm, torchrun, kill and container runtimes send first)
+// stop a run the same way: finish the current batch, write the partial run and its
+// checkpoint, exit 128 + the signal. A second signal leaves at once.
+void on_stop_signal(int sig) {
+  if (g_stop.exchange(true)) _exit(128 + sig);
+  g_stop_signal = sig;
+  const char intr[] = "\npipe: interrupted; finishing the current batch (Ctrl-C again to quit now)\n";
+  const char term[] = "\npipe: terminated (SIGTERM); finishing the current batch (a second signal quits now)\n";
+  const bool t = sig == SIGTERM;
+  [[maybe_unused]] ssize_t n = ::write(STDERR_FILENO, t ? term : intr, (t ? sizeof term : sizeof intr) - 1);
 }
+
+void stop_on_signals() {
+  std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
+}
+
+// The exit code of a run or sweep that a signal stopped.
+int stopped_code() { return 128 + (g_stop_signal.load() ? g_stop_signal.load() : SIGINT); }
 
 struct Common {
   std::vector<std::string> plugins;
@@ -420,7 +436,7 @@ int cmd_run(Options& o) {
                  "results of an uninterrupted run\n", o.graph.c_str(), o.resume.c_str());
     return 2;
   }
-  std::signal(SIGINT, on_sigint);
+  stop_on_signals();
   RunConfig cfg;
   cfg.threads = o.threads;
   cfg.out_dir = o.out;
@@ -434,12 +450,12 @@ int cmd_run(Options& o) {
   cfg.dist_timeout_s = dist_timeout_s(std::getenv);
   if (dist.rank != 0) cfg.progress = false;
   RunResult r = run_graph(*spec, cfg);
-  if (dist.rank != 0) return r.interrupted ? 130 : 0;  // rank 0 prints the run; the others wrote rank<r>.json
+  if (dist.rank != 0) return r.interrupted ? stopped_code() : 0;  // rank 0 prints the run; the others wrote rank<r>.json
   print_table(r);
   if (!o.quiet) print_profile(r);
   if (r.interrupted) {
     std::fprintf(stderr, "pipe: interrupted after %zu epoch(s); partial results in %s\n", r.epochs.size(), r.out_dir.c_str());
-    return 130;
+    return stopped_code();
   }
   return 0;
 }
@@ -453,8 +469,9 @@ int cmd_sweep(Options& o) {
     c.sets = sets;
     return load_valid(o.sweep.graph, c);
   };
-  std::signal(SIGINT, on_sigint);
-  return run_sweep(o.sweep, validate, &g_stop, stdout, stderr);
+  stop_on_signals();
+  const int rc = run_sweep(o.sweep, validate, &g_stop, stdout, stderr);
+  return rc == 130 ? stopped_code() : rc;  // the sweep stopped (its runs were stopped with SIGINT)
 }
 
 // The exit code of the one subcommand given (CLI11 requires exactly one).

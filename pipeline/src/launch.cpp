@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <memory>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
@@ -74,6 +76,19 @@ pid_t start_rank(const std::string& exe, const LaunchOptions& o, int rank, int p
   return pid;
 }
 
+// The ranks still running, for the SIGTERM handler (0: reaped, so that a reused pid is never
+// signalled). Sized before the handler is installed; only elements change after.
+static_assert(std::atomic<pid_t>::is_always_lock_free, "the SIGTERM handler reads it");
+std::unique_ptr<std::atomic<pid_t>[]> g_ranks;
+size_t g_nranks = 0;
+
+// SIGTERM sent to the launcher alone (kill PID, a job scheduler's first warning) is passed to
+// every rank, which stops after its current batch as on Ctrl-C; the launcher waits for them.
+void forward_sigterm(int) {
+  for (size_t r = 0; r < g_nranks; ++r)
+    if (const pid_t pid = g_ranks[r].load(); pid > 0) ::kill(pid, SIGTERM);
+}
+
 }  // namespace
 
 int run_launch(const LaunchOptions& o, const std::string& exe, std::FILE* err) {
@@ -85,6 +100,10 @@ int run_launch(const LaunchOptions& o, const std::string& exe, std::FILE* err) {
   std::signal(SIGINT, SIG_IGN);
   std::vector<pid_t> pids;
   for (int r = 0; r < o.nproc; ++r) pids.push_back(start_rank(exe, o, r, port));
+  g_ranks = std::make_unique<std::atomic<pid_t>[]>(pids.size());
+  for (size_t r = 0; r < pids.size(); ++r) g_ranks[r] = pids[r];
+  g_nranks = pids.size();
+  std::signal(SIGTERM, forward_sigterm);
   int rc = 0;
   for (size_t left = pids.size(); left > 0;) {
     int status = 0;
@@ -95,6 +114,7 @@ int run_launch(const LaunchOptions& o, const std::string& exe, std::FILE* err) {
     if (it == pids.end()) continue;
     --left;
     const int rank = static_cast<int>(it - pids.begin());
+    g_ranks[static_cast<size_t>(rank)] = 0;
     const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     if (code == 0) continue;
     if (WIFSIGNALED(status)) std::fprintf(err, "pipe launch: rank %d was killed by signal %d\n", rank, WTERMSIG(status));
@@ -102,6 +122,7 @@ int run_launch(const LaunchOptions& o, const std::string& exe, std::FILE* err) {
     if (rc == 0) rc = code;
   }
   std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
   return rc;
 }
 
