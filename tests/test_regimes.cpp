@@ -117,6 +117,9 @@ TEST_CASE("cached regime: the second run reads every split from the cache and ru
     CHECK(s.at("test_acc").get<double>() == Approx(first.test.accuracy));
     CHECK(s.at("best_val_acc").get<double>() >= s.at("val_acc").get<double>());
     CHECK(s.at("skipped").is_array());
+    // KiB, of a process that has LibTorch loaded: tens of MiB at least (MiB or bytes would fail).
+    CHECK(s.at("peak_rss_kib").get<long>() > 10 * 1024);
+    CHECK(s.at("peak_rss_kib").get<long>() < 64L * 1024 * 1024);
     // The resolved graph validates again as it stands.
     Diagnostics diag("graph.yaml");
     load_graph((d / "graph.yaml").string(), {}, Registry::global(), diag);

@@ -1,6 +1,7 @@
 #include "files.h"
 
 #include <algorithm>
+#include <fstream>
 #include <cerrno>
 #include <cctype>
 #include <filesystem>
@@ -178,6 +179,13 @@ std::shared_ptr<const std::vector<uint8_t>> read_image_bytes(const std::string& 
 }
 
 std::string utc_now() { return utc_time(std::time(nullptr)); }
+
+long peak_rss_kib() {
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
+  return -1;
+}
 
 std::string utc_time(std::time_t t) {
   std::tm tm{};

@@ -951,6 +951,8 @@ class Run {
     s["epochs"] = spec_.train.epochs;
     s["epochs_completed"] = rep.empty() ? 0 : static_cast<int>(rep[0]->r.epochs.size());
     s["threads"] = threads_;
+    // Not getrusage's ru_maxrss, which keeps the RSS of whatever process forked this one.
+    if (const long kib = peak_rss_kib(); kib >= 0) s["peak_rss_kib"] = kib;
     if (rep.size() == 1) set_metrics(s, rep[0]->r);
     json sinks = json::object();
     for (const SinkRun& k : sinks_) {
