@@ -29,6 +29,7 @@
 #include <nlohmann/json.hpp>
 
 #include "pipe/stage.h"
+#include "jpeg_writer.h"
 #include "process.h"
 #include "runner.h"
 #include "spec.h"
@@ -79,33 +80,13 @@ std::vector<uint8_t> exif_jpeg(const cv::Mat& m, uint16_t orientation) {
 // An Adobe CMYK JPEG, `cols` wide: left half stored as `left`, right half as `right`
 // (c, m, y, k as stored: 255 - ink, the Adobe convention).
 std::vector<uint8_t> cmyk_jpeg(int rows, int cols, std::array<uint8_t, 4> left, std::array<uint8_t, 4> right) {
-  jpeg_compress_struct cinfo{};
-  jpeg_error_mgr jerr{};
-  cinfo.err = jpeg_std_error(&jerr);
-  jpeg_create_compress(&cinfo);
-  unsigned char* out = nullptr;
-  unsigned long size = 0;
-  jpeg_mem_dest(&cinfo, &out, &size);
-  cinfo.image_width = static_cast<JDIMENSION>(cols);
-  cinfo.image_height = static_cast<JDIMENSION>(rows);
-  cinfo.input_components = 4;
-  cinfo.in_color_space = JCS_CMYK;
-  jpeg_set_defaults(&cinfo);
-  jpeg_set_colorspace(&cinfo, JCS_CMYK);  // stored as CMYK (not YCCK); libjpeg adds the APP14 marker
-  jpeg_set_quality(&cinfo, 95, TRUE);
-  jpeg_start_compress(&cinfo, TRUE);
-  std::vector<uint8_t> row(static_cast<size_t>(cols) * 4);
-  for (int c = 0; c < cols; ++c)
-    for (int k = 0; k < 4; ++k) row[static_cast<size_t>(c * 4 + k)] = (c < cols / 2 ? left : right)[static_cast<size_t>(k)];
-  for (int r = 0; r < rows; ++r) {
-    JSAMPROW p = row.data();
-    jpeg_write_scanlines(&cinfo, &p, 1);
-  }
-  jpeg_finish_compress(&cinfo);
-  std::vector<uint8_t> bytes(out, out + size);
-  std::free(out);
-  jpeg_destroy_compress(&cinfo);
-  return bytes;
+  cv::Mat cmyk(rows, cols, CV_8UC4);
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c)
+      for (int k = 0; k < 4; ++k) cmyk.ptr(r)[c * 4 + k] = (c < cols / 2 ? left : right)[static_cast<size_t>(k)];
+  test::LibjpegOptions o;
+  o.quality = 95;
+  return test::libjpeg_encode(cmyk, o);
 }
 
 // The CMYK test picture: stored values and the RGB they stand for, R = (255 - C)(255 - K)/255

@@ -12,6 +12,7 @@
 #include <opencv2/imgproc.hpp>
 
 #include "jpeg_decode.h"
+#include "jpeg_writer.h"
 #include "pipe/source.h"
 #include "pipe/stage.h"
 #include "pipe/testing.h"
@@ -83,47 +84,8 @@ std::vector<uint8_t> imencode_jpg(const cv::Mat& m, const std::vector<int>& para
   return buf;
 }
 
-// What cv::imencode cannot write (OpenCV 4.6 has no IMWRITE_JPEG_SAMPLING_FACTOR): libjpeg's
-// compressor with the luma sampling factors h x v (2x2 = 4:2:0, 2x1 = 4:2:2, 1x1 = 4:4:4).
-struct LibjpegOptions {
-  int h = 2, v = 2;
-  bool progressive = false;
-  bool arithmetic = false;
-  bool stored_as_rgb = false;  // no YCbCr transform (Adobe transform 0)
-  bool optimized_tables = false;
-};
-
-std::vector<uint8_t> libjpeg_encode(const cv::Mat& bgr_or_gray, const LibjpegOptions& o) {
-  jpeg_compress_struct c{};
-  jpeg_error_mgr err{};
-  c.err = jpeg_std_error(&err);
-  jpeg_create_compress(&c);
-  unsigned char* out = nullptr;
-  unsigned long size = 0;
-  jpeg_mem_dest(&c, &out, &size);
-  c.image_width = static_cast<JDIMENSION>(bgr_or_gray.cols);
-  c.image_height = static_cast<JDIMENSION>(bgr_or_gray.rows);
-  c.input_components = bgr_or_gray.channels();
-  c.in_color_space = bgr_or_gray.channels() == 1 ? JCS_GRAYSCALE : JCS_EXT_BGR;
-  jpeg_set_defaults(&c);
-  jpeg_set_quality(&c, 90, TRUE);
-  if (o.stored_as_rgb) jpeg_set_colorspace(&c, JCS_RGB);
-  c.comp_info[0].h_samp_factor = o.h;
-  c.comp_info[0].v_samp_factor = o.v;
-  if (o.progressive) jpeg_simple_progression(&c);
-  c.arith_code = o.arithmetic;
-  c.optimize_coding = o.optimized_tables;
-  jpeg_start_compress(&c, TRUE);
-  for (int r = 0; r < bgr_or_gray.rows; ++r) {
-    JSAMPROW row = const_cast<uint8_t*>(bgr_or_gray.ptr(r));
-    jpeg_write_scanlines(&c, &row, 1);
-  }
-  jpeg_finish_compress(&c);
-  std::vector<uint8_t> bytes(out, out + size);
-  std::free(out);
-  jpeg_destroy_compress(&c);
-  return bytes;
-}
+using test::LibjpegOptions;
+using test::libjpeg_encode;
 
 // The JPEG without its `marker` segments before the first scan (0xC4: Huffman tables, as
 // Motion-JPEG frames omit them; 0xDB: quantization tables).
