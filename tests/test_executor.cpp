@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <memory>
 #include <random>
+#include <set>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -309,6 +310,7 @@ class TeamBatch : public BatchStage, public FillsCores {
   int batch_size() const override { return 8; }
   bool fills_cores() const override { return fills_; }
   void process(Batch&) override {
+    threads.insert(std::this_thread::get_id());  // serial: one call at a time
     running = true;
     std::this_thread::sleep_for(std::chrono::milliseconds(3));
     running = false;
@@ -316,6 +318,7 @@ class TeamBatch : public BatchStage, public FillsCores {
   }
   std::atomic<bool> running{false};
   int batches = 0;
+  std::set<std::thread::id> threads;  // that ran a batch
 
  private:
   bool fills_;
@@ -361,6 +364,13 @@ TEST_CASE("per-sample work waits while a batch stage that fills the cores runs")
   // it (a preemption in a window of nanoseconds); without the gate most loads do.
   CHECK(r.started_beside <= 8);
   CHECK(r.gated_ns > 0);
+  // Every batch, in this pass and the next, on one thread that is none of the pass's: an
+  // OpenMP team belongs to the thread that starts it, and the tail moves between TBB threads.
+  PassFixture next(100, 0);
+  run_beside_team(next, team);
+  CHECK(team.batches == 100);
+  CHECK(team.threads.size() == 1);
+  CHECK(team.threads.count(std::this_thread::get_id()) == 0);
 
   SECTION("a batch stage that does not fill the cores (a GPU forward) is not waited for") {
     PassFixture g(100, 0);

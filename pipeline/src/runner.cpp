@@ -38,8 +38,8 @@ namespace pipeline {
 int configure_threads(int n) {
   if (n <= 0) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   // One global_control for the process: TBB runs per-sample stages on at most n threads,
-  // and LibTorch's intra-op pool (OpenMP) is sized to the same n. The conv base runs on a
-  // TBB thread that becomes the OpenMP master, so its team reuses that thread.
+  // and LibTorch's intra-op pool (OpenMP) is sized to the same n. A CPU conv base runs on the
+  // executor's core thread, the OpenMP master of its team (executor.cpp, CoreThread).
   static std::unique_ptr<oneapi::tbb::global_control> control;
   control.reset();
   control = std::make_unique<oneapi::tbb::global_control>(

@@ -114,6 +114,8 @@ class BatchStage : public Stage {
 // beside a 32 px forward cost the forward about twice decode's own CPU time). A stage that
 // computes on a GPU answers false: there, preparing the next batch while the device works is
 // the overlap that pays. Added in API 0.3; stages that do not implement it are never gated.
+// While it answers true, its process() runs on one thread of the executor's, the same for
+// every batch of every pass (an OpenMP team belongs to the thread that starts it).
 class FillsCores {
  public:
   virtual ~FillsCores() = default;
