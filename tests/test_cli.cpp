@@ -17,6 +17,7 @@
 #include <set>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -106,6 +107,21 @@ std::set<std::string> keys_of(const FeatureCache& cache) {
 constexpr std::time_t kDay = 86400;
 
 }  // namespace
+
+TEST_CASE("proc_status_kib reads /proc/self/status fields in KiB, by their whole name") {
+  const long rss = proc_status_kib("VmRSS");
+  REQUIRE(rss > 0);
+  {
+    const std::vector<char> block(96 << 20, 1);  // every page written
+    const long grown = proc_status_kib("VmRSS");
+    CHECK(grown >= rss + (90 << 10));
+    CHECK(grown < rss + (200 << 10));  // KiB, not bytes or pages
+    CHECK(peak_rss_kib() >= grown);    // VmHWM, the high-water mark
+    CHECK(block[12345] == 1);
+  }
+  CHECK(proc_status_kib("Vm") == -1);  // a prefix of VmRSS, VmHWM, ... is no field
+  CHECK(proc_status_kib("NoSuchField") == -1);
+}
 
 TEST_CASE("make_new_dir: a directory nobody else got, even for callers racing in the same second") {
   Tmp t("newdir");

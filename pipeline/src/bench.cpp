@@ -585,10 +585,9 @@ Figure peak_rss(const Bench& b, FigureId id, bool augmented) {
 
 // File-backed resident memory of this process (RssFile in /proc/self/status), KiB.
 long rss_file_kib() {
-  std::ifstream in("/proc/self/status");
-  for (std::string line; std::getline(in, line);)
-    if (line.rfind("RssFile:", 0) == 0) return std::stol(line.substr(8));
-  throw std::runtime_error("bench: no RssFile in /proc/self/status");
+  const long kib = proc_status_kib("RssFile");
+  if (kib < 0) throw std::runtime_error("bench: no RssFile in /proc/self/status");
+  return kib;
 }
 
 // 6. Cache reads stay out of memory: an entry of 6,000 rows of 8 KiB (47 MiB) is opened

@@ -180,12 +180,15 @@ std::shared_ptr<const std::vector<uint8_t>> read_image_bytes(const std::string& 
 
 std::string utc_now() { return utc_time(std::time(nullptr)); }
 
-long peak_rss_kib() {
+long proc_status_kib(const std::string& field) {
   std::ifstream in("/proc/self/status");
+  const std::string key = field + ":";
   for (std::string line; std::getline(in, line);)
-    if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
+    if (line.rfind(key, 0) == 0) return std::stol(line.substr(key.size()));
   return -1;
 }
+
+long peak_rss_kib() { return proc_status_kib("VmHWM"); }
 
 std::string utc_time(std::time_t t) {
   std::tm tm{};

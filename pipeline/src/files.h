@@ -67,8 +67,12 @@ std::shared_ptr<const std::vector<uint8_t>> read_image_bytes(const std::string& 
 // The time now as ISO 8601 UTC, e.g. 2026-12-01T09:30:00Z (manifests, summaries).
 std::string utc_now();
 
-// This process's peak resident memory in KiB (VmHWM in /proc/self/status: the high-water mark
-// of its own address space since its exec), or -1 where /proc does not say.
+// A "kB" field of /proc/self/status (e.g. "VmHWM", "RssFile") in KiB, or -1 where /proc does
+// not say.
+long proc_status_kib(const std::string& field);
+
+// This process's peak resident memory in KiB (VmHWM: the high-water mark of its own address
+// space since its exec), or -1 where /proc does not say.
 long peak_rss_kib();
 // The time `t` in the same form (the start of a run that wrote no summary, from a file's mtime).
 std::string utc_time(std::time_t t);
