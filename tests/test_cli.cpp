@@ -388,6 +388,44 @@ TEST_CASE("cache ls, rm --older-than and gc --max-size: table, JSON, last use, L
   }
 }
 
+TEST_CASE("pipe validate and pipe plan build the data source: what it refuses is an error at data:") {
+  Tmp t("validate-data");
+  fs::create_directories(t.root / "photos" / "cat");  // a class directory without an image
+  const fs::path graph = t.root / "g.yaml";
+  std::ofstream(graph) << fmt::format(R"(# a folder without images
+data: {{source: folder, path: "{}"}}
+nodes:
+  decode: {{stage: decode, size: [32, 32]}}
+  features: {{stage: convbase, model: "builtin:small_vgg"}}
+  head: {{stage: dense_head}}
+edges: [decode -> features -> head]
+)", (t.root / "photos").string());
+  const std::string where = graph.string() + ":2:7: error: folder: no images under " + (t.root / "photos").string();
+  for (const char* command : {"validate", "plan"}) {
+    const Cli c = pipe_cli(fmt::format("{} '{}'", command, graph.string()), t.root);
+    CHECK(c.code == 2);
+    CHECK(contains(c.err, where));
+    CHECK(c.out.empty());
+  }
+  // One image in each of two classes: none left for validation, which `pipe run` would only
+  // have found at its start. Five each: valid.
+  fs::create_directories(t.root / "photos" / "dog");
+  const auto add_images = [&](int n) {
+    for (const char* cls : {"cat", "dog"})
+      for (int i = 0; i < n; ++i)
+        REQUIRE(cv::imwrite((t.root / "photos" / cls / fmt::format("{}.png", i)).string(),
+                            cv::Mat(8, 8, CV_8UC3, cv::Scalar(10, 20, 30 + i))));
+  };
+  add_images(1);
+  const Cli few = pipe_cli(fmt::format("validate '{}'", graph.string()), t.root);
+  CHECK(few.code == 2);
+  CHECK(contains(few.err, graph.string() + ":2:7: error: folder: validation_split gives the validation split no images"));
+  add_images(5);
+  const Cli ok = pipe_cli(fmt::format("validate '{}'", graph.string()), t.root);
+  CHECK(ok.code == 0);
+  CHECK(contains(ok.out, ": ok (3 nodes: decode -> features -> head)"));
+}
+
 TEST_CASE("pipe stages NAME prints one stage's section, an unknown name is refused with a hint") {
   Tmp t("stages");
   const Cli one = pipe_cli("stages decode", t.root);

@@ -88,7 +88,8 @@ bool load_plugins(const Common& c) {
   return true;
 }
 
-std::optional<GraphSpec> load_valid(const std::string& path, const Common& c) {
+// check_data: also build the data source (GraphOptions::check_data).
+std::optional<GraphSpec> load_valid(const std::string& path, const Common& c, bool check_data = false) {
   if (!load_plugins(c)) return std::nullopt;
   Diagnostics diag(path);
   PluginConsent consent;
@@ -97,6 +98,7 @@ std::optional<GraphSpec> load_valid(const std::string& path, const Common& c) {
   consent.command_line = c.plugins;
   GraphOptions options;
   options.check_files = true;
+  options.check_data = check_data;
   try {
     options.plugins_loaded = load_graph_plugins(graph_plugins(path), consent, Registry::global(), diag);
   } catch (const std::exception& e) {
@@ -331,7 +333,7 @@ Subcommands add_subcommands(CLI::App& app, Options& o) {
 }
 
 int cmd_validate(const Options& o) {
-  auto spec = load_valid(o.graph, o.common);
+  auto spec = load_valid(o.graph, o.common, /*check_data=*/true);
   if (!spec) return 2;
   std::printf("%s: ok (%zu nodes: %s)\n", o.graph.c_str(), spec->nodes.size(),
               fmt::format("{}", fmt::join(spec->resolved["edges"].as<std::vector<std::string>>(), ", ")).c_str());
@@ -339,7 +341,7 @@ int cmd_validate(const Options& o) {
 }
 
 int cmd_plan(const Options& o) {
-  auto spec = load_valid(o.graph, o.common);
+  auto spec = load_valid(o.graph, o.common, /*check_data=*/true);
   if (!spec) return 2;
   std::fputs(explain_plan(*spec).c_str(), stdout);
   return 0;

@@ -209,6 +209,14 @@ void check_input_files(const YAML::Node& doc, const GraphSpec& g, const std::vec
     if (n.entry) check_param_files(n.entry->schema, n.params, doc["nodes"][n.name], "nodes." + n.name, diag);
 }
 
+void check_source(const YAML::Node& doc, const GraphSpec& g, Diagnostics& diag) {
+  try {
+    g.source_entry->make_source(g.source_params, SourceContext{g.dir});
+  } catch (const std::exception& e) {
+    diag.error(doc["data"], "data", e.what());
+  }
+}
+
 namespace {
 
 // A key whose declared parameters are "key.NAME" (pose.rotation, pose.flip...): a group, written
@@ -996,6 +1004,7 @@ GraphSpec parse_graph(const std::string& text, const std::string& file,
   parse_train(doc, overrides, g, diag);
   parse_run_options(doc, g, diag);
   if (options.check_files) check_input_files(doc, g, declared, diag);
+  if (options.check_data && diag.ok() && g.source_entry) check_source(doc, g, diag);
   if (diag.ok()) g.resolved = resolved_document(g);
   return g;
 }

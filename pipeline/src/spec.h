@@ -95,6 +95,8 @@ Params parse_params(const StageSchema& schema, const YAML::Node& map, const std:
                     Diagnostics& diag, const std::set<std::string>& skip = {"stage"});
 // Diagnostics for input paths (ParamSpec::must_exist) of the source and `nodes` that do not exist.
 void check_input_files(const YAML::Node& doc, const GraphSpec& g, const std::vector<NodeSpec>& nodes, Diagnostics& diag);
+// The data source built from `g`'s parameters; what it throws, as an error at `data:`.
+void check_source(const YAML::Node& doc, const GraphSpec& g, Diagnostics& diag);
 // Makes every ParamSpec::path value absolute against `dir` (resolve_path); "builtin:" names stay.
 void resolve_path_params(const StageSchema& schema, Params& params, const std::string& dir);
 
@@ -111,6 +113,10 @@ struct GraphOptions {
   // Check that input paths (ParamSpec::must_exist: data, weights, models) exist: the CLI does;
   // tests that parse graphs about files they never open need not.
   bool check_files = false;
+  // Also build the data source (list its samples: a folder scan, a CSV's rows, the data set's
+  // files) and report what it refuses at `data:`: pipe validate and pipe plan, so that a graph
+  // they pass does not then fail at `pipe run`'s start. A run builds it once, itself.
+  bool check_data = false;
 };
 
 // Parses and validates. Returns a spec; check diag.ok() before using it.
