@@ -27,7 +27,6 @@
 #include <fstream>
 #include <memory>
 
-#include <ATen/Config.h>
 #include <fmt/format.h>
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -44,39 +43,9 @@ namespace {
 using namespace dense_head;  // the parameters (torch_schemas.h)
 namespace nn = torch::nn;
 
-// --- One intra-op thread for the head, set cheaply.
-// The head's products are tiny (20 x 2048 x 256) and OpenBLAS/ATen split them differently at
-// different thread counts (last-ulp differences in losses were measured here), so the head
-// trains on a thread count of its own, whatever --threads says. SupervisedSink can set one
-// (training_threads()), but through at::set_num_threads, which also rebuilds caffe2's
-// pthreadpool (a thread created and joined per call, unused by the head): two calls per batch
-// made a cached epoch 0.6-1.3 s at --threads 2 against 0.26 s at --threads 1. With LibTorch's
-// OpenMP backend (Debian's, pytorch.org's) ATen's intra-op loops and OpenBLAS follow the
-// calling thread's OpenMP thread count, which omp_set_num_threads sets in nanoseconds for this
-// thread only. Declared weak: pipe does not link OpenMP itself, LibTorch loads libgomp.
+// The head's products are tiny (20 x 2048 x 256): it trains on one intra-op thread whatever
+// --threads says (IntraOpThreads, supervised_sink.h), so that its metrics do not depend on it.
 constexpr int kHeadThreads = 1;
-#if AT_PARALLEL_OPENMP && !AT_MKL_ENABLED()  // MKL keeps a thread count of its own
-extern "C" void omp_set_num_threads(int) __attribute__((weak));
-bool cheap_thread_guard() { return omp_set_num_threads != nullptr; }
-#else
-bool cheap_thread_guard() { return false; }
-void omp_set_num_threads(int) {}
-#endif
-
-struct HeadThreads {
-  // at::get_num_threads() first: on a thread's first ATen call it applies the process-wide
-  // count (which would undo a setting made before it).
-  HeadThreads() : on(cheap_thread_guard()), prev(on ? at::get_num_threads() : 0) {
-    if (on && prev != kHeadThreads) omp_set_num_threads(kHeadThreads);
-  }
-  ~HeadThreads() {
-    if (on && prev != kHeadThreads) omp_set_num_threads(prev);
-  }
-  HeadThreads(const HeadThreads&) = delete;
-  HeadThreads& operator=(const HeadThreads&) = delete;
-  bool on;
-  int prev;
-};
 
 // --- RMSprop with a lean step.
 // torch::optim::RMSprop's step is five passes over each parameter (mul_, addcmul_, sqrt, add_,
@@ -296,15 +265,6 @@ class DenseHead : public SupervisedSink {
       throw std::runtime_error(fmt::format("{}: dropout must be in [0, 1), got {}", what(), dropout_));
   }
 
-  void consume(Batch& batch) override {
-    const HeadThreads threads;
-    SupervisedSink::consume(batch);
-  }
-  SplitMetrics end_epoch() override {
-    const HeadThreads threads;
-    return SupervisedSink::end_epoch();
-  }
-
   void save(const std::string& dir) override {
     if (built() && !dir.empty()) torchu::save_file(head_, dir + "/" + safe_file_name(node(), kMaxFileName - 3) + ".pt");
   }
@@ -342,10 +302,7 @@ class DenseHead : public SupervisedSink {
     return w.finish();
   }
   torch::optim::Optimizer& optimizer() override { return *optimizer_impl_; }
-  // kHeadThreads, set by HeadThreads around everything the head computes (consume, and
-  // end_epoch's steps of a distributed run); SupervisedSink's own setting only where that guard
-  // is not available.
-  int training_threads() const override { return cheap_thread_guard() ? 0 : kHeadThreads; }
+  int training_threads() const override { return kHeadThreads; }
 
   void build(int64_t in) override {
     head_ = Head(in, hidden_, classes() == 2 ? 1 : classes(), dropout_);

@@ -15,6 +15,7 @@
 #include <memory>
 #include <string>
 
+#include <ATen/Config.h>
 #include <fmt/format.h>
 
 #include "files.h"
@@ -24,7 +25,44 @@
 #include "script_export.h"
 #include "torch_util.h"
 
+#if AT_PARALLEL_OPENMP && !AT_MKL_ENABLED()  // MKL keeps a thread count of its own
+// Declared weak: pipe does not link OpenMP itself, LibTorch loads libgomp.
+extern "C" void omp_set_num_threads(int) __attribute__((weak));
+#endif
+
 namespace pipeline::stages {
+
+// The calling thread's intra-op threads for a scope (n > 0; 0 leaves them). OpenBLAS/ATen split
+// products and convolution reductions differently at different thread counts (last-ulp
+// differences in losses), so a trainer keeps a count of its own to make a seeded run's metrics
+// identical whatever --threads says. at::set_num_threads also rebuilds caffe2's pthreadpool (a
+// thread created and joined per call, 0.6-18 ms here depending on load) although training
+// never uses it: two calls per batch made a cached head epoch 0.6-1.3 s at --threads 2 against
+// 0.26 s at 1. With LibTorch's OpenMP backend (Debian's, pytorch.org's) ATen's intra-op loops,
+// oneDNN and OpenBLAS follow the calling thread's OpenMP count, which omp_set_num_threads sets
+// in nanoseconds for this thread only; at::set_num_threads is the fallback elsewhere.
+class IntraOpThreads {
+ public:
+  // at::get_num_threads() first: on a thread's first ATen call it applies the process-wide
+  // count (which would undo a setting made before it).
+  explicit IntraOpThreads(int n) : n_(n), prev_(n > 0 ? at::get_num_threads() : 0) {
+    if (n_ > 0 && prev_ != n_) set(n_);
+  }
+  ~IntraOpThreads() {
+    if (n_ > 0 && prev_ != n_) set(prev_);
+  }
+  IntraOpThreads(const IntraOpThreads&) = delete;
+  IntraOpThreads& operator=(const IntraOpThreads&) = delete;
+
+ private:
+  static void set(int n) {
+#if AT_PARALLEL_OPENMP && !AT_MKL_ENABLED()
+    if (omp_set_num_threads != nullptr) return omp_set_num_threads(n);
+#endif
+    at::set_num_threads(n);
+  }
+  int n_, prev_;
+};
 
 class SupervisedSink : public SinkStage, public ModelExport, public LearningRate, public RunningLoss {
  public:
@@ -49,7 +87,7 @@ class SupervisedSink : public SinkStage, public ModelExport, public LearningRate
 
   void consume(Batch& batch) override {
     if (batch.samples.empty()) return;
-    const Threads threads(training_threads());
+    const IntraOpThreads threads(training_threads());
     if (!gen_.defined()) throw std::logic_error(fmt::format("{}: consume() before begin_run()", what_));
     torch::Tensor x = inputs(batch);
     const std::vector<int64_t> labels = batch.labels();
@@ -183,19 +221,6 @@ class SupervisedSink : public SinkStage, public ModelExport, public LearningRate
     for (auto& group : optimizer().param_groups()) group.options().set_lr(lr_);
   }
 
-  // OpenBLAS/ATen split products and convolution reductions differently at different
-  // thread counts (last-ulp differences in losses), so a subclass trains at a thread count
-  // of its own to keep a seeded run's metrics identical whatever --threads says.
-  struct Threads {
-    explicit Threads(int fixed) : prev(at::get_num_threads()), on(fixed > 0) {
-      if (on) at::set_num_threads(fixed);
-    }
-    ~Threads() {
-      if (on) at::set_num_threads(prev);
-    }
-    int prev;
-    bool on;
-  };
 
   void step(const torch::Tensor& x, const torch::Tensor& y, int64_t n) {
     torch::Tensor logits, l;
@@ -221,7 +246,7 @@ class SupervisedSink : public SinkStage, public ModelExport, public LearningRate
   // A global batch this rank has no rows of: the same draws and update as every other rank.
   void empty_step(const StepShard& s) {
     if (!built()) throw std::runtime_error(fmt::format("{}: a rank with no training rows in the first batch", what_));
-    const Threads threads(training_threads());
+    const IntraOpThreads threads(training_threads());
     shard_ = s;
     net().train();
     optimizer().zero_grad();
