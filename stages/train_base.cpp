@@ -54,8 +54,12 @@ struct NetImpl : nn::Module {
 };
 TORCH_MODULE(Net);
 
-class TrainBase : public SupervisedSink {
+class TrainBase : public SupervisedSink, public FillsCores {
  public:
+  // A CPU training step on a team of more than one thread keeps the cores busy, as the conv
+  // base's forward does: per-sample work (decode, augment) takes turns with it.
+  bool fills_cores() const override { return device_.is_cpu() && threads_ > 1; }
+
   TrainBase(const Params& p, const StageContext& ctx)
       : SupervisedSink(ctx.node, "train_base"),
         model_(p.get(kModel)),

@@ -325,6 +325,24 @@ class TeamBatch : public BatchStage, public FillsCores {
   int fail_on_;
 };
 
+// A sink standing in for a CPU training step on the whole thread team (train_base).
+class TeamSink : public SinkStage, public FillsCores {
+ public:
+  bool fills_cores() const override { return true; }
+  void begin_epoch(Split, int) override {}
+  void consume(Batch& b) override {
+    threads.insert(std::this_thread::get_id());
+    running = true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(3));
+    running = false;
+    consumed += static_cast<int64_t>(b.size());
+  }
+  SplitMetrics end_epoch() override { return {}; }
+  std::atomic<bool> running{false};
+  int64_t consumed = 0;
+  std::set<std::thread::id> threads;
+};
+
 struct GateRun {
   int64_t started_beside = 0;  // samples whose load began while the batch stage ran
   int64_t gated_ns = 0;        // what the profile says the load waited at the gate
@@ -386,4 +404,22 @@ TEST_CASE("per-sample work waits while a batch stage that fills the cores runs")
     CHECK_THROWS_WITH(run_beside_team(g, failing), Catch::Contains("node 'team' failed") && Catch::Contains("team failed"));
     CHECK(failing.batches == 3);
   }
+}
+
+TEST_CASE("a sink that fills the cores takes turns too, on the same core thread") {
+  oneapi::tbb::global_control c(oneapi::tbb::global_control::max_allowed_parallelism, 2);
+  PassFixture f(/*sleep_us=*/100, 0);
+  TeamSink team;
+  f.pass.nodes.back().impl = &team;  // in place of the recording sink
+  f.pass.sink_batch = 8;
+  std::atomic<int64_t> beside{0};
+  f.pass.load = [&](Sample& s) {
+    if (team.running) ++beside;
+    f.source.load(s);
+  };
+  run_pass(f.pass, f.profile);
+  CHECK(team.consumed == 400);
+  CHECK(beside <= 8);  // 386 of 400 without the gate
+  CHECK(team.threads.size() == 1);
+  CHECK(team.threads.count(std::this_thread::get_id()) == 0);
 }

@@ -204,7 +204,7 @@ class CoreGate {
   std::atomic<bool> closed_{false};
 };
 
-// The one thread that runs every batch op that fills the cores. An OpenMP team belongs to
+// The one thread that runs every batch op (or sink) that fills the cores. An OpenMP team belongs to
 // the thread that starts it: when the serial tail ran such an op on whichever TBB thread took
 // the tail's turn, each of them kept a team of its own, and the team left idle spun on cores
 // the running one needed (a 32 px forward took 14.5-16 ms a batch after changing threads, 13.7
@@ -488,7 +488,7 @@ class Tail {
                     : fmt::format("{}..{}", b.samples.front().describe(), b.samples.back().describe());
     };
     std::optional<CoreGate::Closed> closed;
-    if (op.kind == StageKind::batch_map && fills_cores(op)) closed.emplace(gate_);
+    if (fills_cores(op)) closed.emplace(gate_);
     const auto call = [&] {
       if (op.kind == StageKind::sink) static_cast<SinkStage*>(op.impl)->consume(b);
       else static_cast<BatchStage*>(op.impl)->process(b);
