@@ -227,9 +227,9 @@ std::vector<json> metrics(const fs::path& run) {
 
 // Accuracies equal, losses within 1e-5 relative (docs/distributed.md: the sum of two halves'
 // gradients is not the bits of one product over the whole batch).
-void check_same_metrics(const fs::path& one, const fs::path& two) {
+void check_same_metrics(const fs::path& one, const fs::path& two, size_t epochs = 3) {
   const std::vector<json> a = metrics(one), b = metrics(two);
-  REQUIRE(a.size() == 3);
+  REQUIRE(a.size() == epochs);
   REQUIRE(b.size() == a.size());
   for (size_t e = 0; e < a.size(); ++e) {
     INFO("epoch " << e + 1 << ": " << a[e].dump() << " vs " << b[e].dump());
@@ -312,6 +312,68 @@ TEST_CASE("a rank killed during extraction ends the other with its name, and the
   // 120 training, 40 validation, 40 test images; each rank's part is half of each.
   CHECK(misses(dir / "rerun", "summary.json") == 20 + 20);     // validation and test: its train part was reused
   CHECK(misses(dir / "rerun", "rank1.json") == 60 + 20 + 20);  // all three
+}
+
+namespace {
+
+// metrics.jsonl without each line's timing fields.
+std::vector<json> metrics_without_times(const fs::path& run) {
+  std::vector<json> out = metrics(run);
+  for (json& m : out)
+    for (const char* k : {"seconds", "images_per_s"}) m.erase(k);
+  return out;
+}
+
+}  // namespace
+
+// A preempted job (Slurm's SIGTERM at the time limit) continues where it stopped, on any
+// number of processes, to the metrics it would have had.
+TEST_CASE("a distributed run stopped by SIGTERM resumes to an uninterrupted run's metrics") {
+  const fs::path dir = fresh("resume"), cache = dir / "cache";
+  const auto args = [&](const std::string& out) {
+    return launched({"run", std::string(PIPE_SOURCE_DIR) + "/graphs/cached.yaml", "--out", (dir / out).string(),
+                     "--no-progress", "--set", "data.per_class=[150,50,50]", "--set", "train.epochs=40"});
+  };
+  REQUIRE(pipe_exit(args("whole"), cache) == 0);
+
+  std::vector<std::string> cut = args("cut");
+  cut.insert(cut.begin(), kPipe);
+  Child c = spawn(cut, cache.string());
+  std::string err = pipeline::test::read_until(c.err, "epoch   3/40");
+  REQUIRE(err.find("epoch   3/40") != std::string::npos);
+  ::kill(c.pid, SIGTERM);  // to the launcher alone, as a scheduler sends it: it forwards it
+  CHECK(finish(c, &err) == 143);
+  INFO(err);
+  const json s = read_json(dir / "cut" / "summary.json");
+  CHECK(s["status"] == "interrupted");
+  const int done = s["epochs_completed"].get<int>();
+  CHECK((done >= 3 && done < 40));
+
+  fs::copy(dir / "cut", dir / "one", fs::copy_options::recursive);
+  fs::copy(dir / "cut", dir / "other", fs::copy_options::recursive);
+  std::ofstream(dir / "other" / "checkpoint" / "state.json", std::ios::app) << "\n";  // same values, other bytes
+
+  {  // ranks given different checkpoints are refused, before either trains
+    const int port = pipeline::free_local_port();
+    Child r0 = start_rank(0, port, {"run", "--resume", (dir / "cut").string(), "-q"}, cache);
+    Child r1 = start_rank(1, port, {"run", "--resume", (dir / "other").string(), "-q"}, cache);
+    std::string e0, e1;
+    CHECK(finish(r0, &e0) == 1);
+    CHECK(finish(r1, &e1) == 1);
+    for (const std::string& e : {e0, e1}) {
+      INFO(e);
+      CHECK_THAT(e, Catch::Contains("rank 1 and rank 0 differ in their checkpoint"));
+    }
+  }
+  // On the same two processes: the same bits as the uninterrupted run.
+  REQUIRE(pipe_exit(launched({"run", "--resume", (dir / "cut").string(), "--no-progress"}), cache) == 0);
+  CHECK(metrics_without_times(dir / "cut") == metrics_without_times(dir / "whole"));
+  const json a = read_json(dir / "whole" / "summary.json"), b = read_json(dir / "cut" / "summary.json");
+  for (const char* k : {"val_acc", "best_val_acc", "best_epoch", "test_acc", "test_loss", "train_loss", "status"})
+    CHECK(a[k] == b[k]);
+  // On one process: one process's metrics (within the tolerance above).
+  REQUIRE(pipe_exit({"run", "--resume", (dir / "one").string(), "--no-progress"}, cache) == 0);
+  check_same_metrics(dir / "whole", dir / "one", 40);
 }
 
 TEST_CASE("ranks that would not run the same thing are refused, naming what differs") {

@@ -193,12 +193,7 @@ class Run {
   }
 
   void setup() {
-    if (cfg_.dist.distributed()) {
-      if (!cfg_.resume_dir.empty())
-        throw std::runtime_error("--resume continues a run of one process; rerun a distributed run instead: it "
-                                 "reuses every cache entry that was completed (docs/distributed.md)");
-      group_ = std::make_unique<Group>(cfg_.dist, cfg_.dist_timeout_s);
-    }
+    if (cfg_.dist.distributed()) group_ = std::make_unique<Group>(cfg_.dist, cfg_.dist_timeout_s);
     res_.out_dir = cfg_.resume_dir.empty() ? out_dir() : cfg_.resume_dir;
     // Owner only: a run holds what was learnt from the user's images (docs/security.md). A
     // default name is taken by mkdir alone, so runs started in the same second never share one.
@@ -509,11 +504,12 @@ class Run {
     return st;
   }
 
-  // Restores the state of the last completed epoch; returns its number.
+  // Restores the state of the last completed epoch; returns its number. Each rank reads the
+  // directory it was given (rank 0's is the run directory).
   int resume() {
-    fs::path dir = fs::path(res_.out_dir) / "checkpoint";
-    if (!fs::exists(dir / "state.json") && fs::exists(fs::path(res_.out_dir) / "checkpoint.old" / "state.json"))
-      dir = fs::path(res_.out_dir) / "checkpoint.old";
+    fs::path dir = fs::path(cfg_.resume_dir) / "checkpoint";
+    if (!fs::exists(dir / "state.json") && fs::exists(fs::path(cfg_.resume_dir) / "checkpoint.old" / "state.json"))
+      dir = fs::path(cfg_.resume_dir) / "checkpoint.old";
     for (const SinkRun& s : sinks_)
       if (!s.impl->can_resume())
         throw std::runtime_error(fmt::format("sink '{}' ({}) cannot resume", s.r.name, s.r.stage));
@@ -543,23 +539,35 @@ class Run {
         }
         s.impl->load_state((dir / safe_file_name(s.r.name)).string());
       }
-      res_.cache_hits = st.at("cache_hits").get<int64_t>();
-      res_.cache_misses = st.at("cache_misses").get<int64_t>();
-      res_.extraction_seconds = st.at("extraction_seconds").get<double>();
-      for (const json& k : st.at("skipped")) {
-        const auto split = static_cast<Split>(k.at(4).get<int>());
-        res_.skipped.push_back({k.at(0).get<int64_t>(), k.at(1).get<std::string>(), k.at(2).get<std::string>(),
-                                k.at(3).get<std::string>(), split});
-        skip_seen_.insert({static_cast<int>(split), k.at(0).get<int64_t>()});
-      }
+      if (rank() == 0) restore_counts(st);
       // metrics.jsonl keeps exactly the completed epochs: a line of the interrupted epoch
       // was never written, since lines are written only when an epoch completes.
       done = st.at("epochs_completed").get<int>();
     } catch (const json::exception& e) {
       throw std::runtime_error(fmt::format("{}: {}", path, e.what()));
     }
+    // Ranks that read different checkpoints (a run directory that is not shared, a copy, one
+    // replaced meanwhile) would train different heads.
+    if (group_)
+      agree("checking that every rank resumes the same checkpoint",
+            {{"checkpoint", fmt::format("epoch {}, state.json {}", done, hash_file(path))}},
+            "every rank must resume from the same run directory, on a file system they share");
     if (!cfg_.quiet) std::fprintf(stderr, "pipe: resuming %s after epoch %d\n", res_.out_dir.c_str(), done);
     return done;
+  }
+
+  // The counts and skips summary.json reports. They are rank 0's own (its checkpoint); a
+  // resumed rank r starts its rank<r>.json afresh, since its counts were never checkpointed.
+  void restore_counts(const json& st) {
+    res_.cache_hits = st.at("cache_hits").get<int64_t>();
+    res_.cache_misses = st.at("cache_misses").get<int64_t>();
+    res_.extraction_seconds = st.at("extraction_seconds").get<double>();
+    for (const json& k : st.at("skipped")) {
+      const auto split = static_cast<Split>(k.at(4).get<int>());
+      res_.skipped.push_back({k.at(0).get<int64_t>(), k.at(1).get<std::string>(), k.at(2).get<std::string>(),
+                              k.at(3).get<std::string>(), split});
+      skip_seen_.insert({static_cast<int>(split), k.at(0).get<int64_t>()});
+    }
   }
 
   bool default_out_dir() const { return cfg_.resume_dir.empty() && cfg_.out_dir.empty() && spec_.output_dir.empty(); }
@@ -632,15 +640,22 @@ class Run {
 
   // Refuses ranks that would not compute the same run, naming the first thing that differs.
   void check_ranks_agree() {
-    const std::vector<std::pair<std::string, std::string>> mine = {
-        {"pipe version", fmt::format("{} ({})", PIPE_VERSION_STRING, host_build_fingerprint())},
-        {"number of processes", std::to_string(group_->world())},
-        {"resolved graph (hash)", resolved_hash(spec_)},
-        {"data listing", fmt::format("{} ({} train, {} validation, {} test)", source_->identity(), source_->size(Split::train),
-                                     source_->size(Split::validation), source_->size(Split::test))}};
+    agree("checking that every rank runs the same graph",
+          {{"pipe version", fmt::format("{} ({})", PIPE_VERSION_STRING, host_build_fingerprint())},
+           {"number of processes", std::to_string(group_->world())},
+           {"resolved graph (hash)", resolved_hash(spec_)},
+           {"data listing", fmt::format("{} ({} train, {} validation, {} test)", source_->identity(),
+                                        source_->size(Split::train), source_->size(Split::validation),
+                                        source_->size(Split::test))}},
+          "every rank must run the same graph, overrides, pipe and data");
+  }
+
+  // Throws, on every rank, when some rank's values differ from rank 0's (one line each, no newlines).
+  void agree(const std::string& what, const std::vector<std::pair<std::string, std::string>>& mine,
+             const std::string& advice) {
     std::string text;
     for (const auto& [k, v] : mine) text += v + "\n";
-    const std::vector<std::string> all = group_->all_gather("checking that every rank runs the same graph", text);
+    const std::vector<std::string> all = group_->all_gather(what, text);
     const auto field = [](const std::string& text, size_t k) {
       std::istringstream in(text);
       std::string line;
@@ -651,9 +666,8 @@ class Run {
     for (size_t r = 1; r < all.size(); ++r)
       for (size_t k = 0; k < mine.size() && all[r] != all[0]; ++k)
         if (field(all[r], k) != field(all[0], k))
-          throw std::runtime_error(fmt::format("rank {} and rank 0 differ in their {}: '{}' vs '{}'; every rank must run the same "
-                                               "graph, overrides, pipe and data",
-                                               r, mine[k].first, field(all[r], k), field(all[0], k)));
+          throw std::runtime_error(fmt::format("rank {} and rank 0 differ in their {}: '{}' vs '{}'; {}", r, mine[k].first,
+                                               field(all[r], k), field(all[0], k), advice));
   }
 
   // This rank's part of a pass: the ids id % world == rank of an extraction pass; its rows of
