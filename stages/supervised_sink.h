@@ -202,6 +202,9 @@ class SupervisedSink : public SinkStage, public ModelExport, public LearningRate
   virtual int training_threads() const { return 0; }
   // A batch of no rows, as inputs() would make it (a rank's share of a tiny last batch).
   virtual torch::Tensor empty_input() { return torch::zeros({0, built_width()}); }
+  // True when a training step's backward runs collectives of its own (synchronized
+  // BatchNorm): a rank with no rows then runs backward too, to take part in them.
+  virtual bool collective_backward() const { return false; }
 
   // This step's rows of the global batch: {n, 0, n} when the run is one process. A subclass
   // that draws per-row randomness (dropout) draws it for all `global` rows and keeps its own,
@@ -250,7 +253,9 @@ class SupervisedSink : public SinkStage, public ModelExport, public LearningRate
     shard_ = s;
     net().train();
     optimizer().zero_grad();
-    {
+    if (collective_backward()) {
+      forward(empty_input().to(device())).sum().backward();  // no rows: zero gradients
+    } else {
       torch::NoGradGuard no_grad;
       forward(empty_input().to(device()));
     }

@@ -10,7 +10,8 @@
 // drawn from the stage's own generator seeded by the run seed and node name (the base as
 // torchvision's VGG, the classifier as Keras' Dense), so runs are reproducible.
 // Training, evaluation, best-epoch weights and resume (`pipe run --resume`) come from
-// SupervisedSink (supervised_sink.h), shared with dense_head; save(dir) writes
+// SupervisedSink (supervised_sink.h), shared with dense_head. In a data-parallel run each
+// training step's BatchNorms use the global batch's statistics (sync_batch_norm.h); save(dir) writes
 // the base only (torch::save of the nn::Sequential, on the CPU) to `out` (relative to the
 // graph's directory; parent directories are created) and a copy to dir/base.pt.
 // Params:
@@ -30,6 +31,7 @@
 
 #include "builtin.h"
 #include "supervised_sink.h"
+#include "sync_batch_norm.h"
 #include "torch_schemas.h"
 #include "torch_util.h"
 
@@ -42,10 +44,8 @@ namespace nn = torch::nn;
 struct NetImpl : nn::Module {
   NetImpl(nn::Sequential b, bool gap) : base(register_module("base", std::move(b))), gap(gap) {}
 
-  torch::Tensor pooled(const torch::Tensor& x) {
-    torch::Tensor f = base->forward(x);
-    return gap ? f.mean({2, 3}) : f.flatten(1);
-  }
+  torch::Tensor pool(const torch::Tensor& f) const { return gap ? f.mean({2, 3}) : f.flatten(1); }
+  torch::Tensor pooled(const torch::Tensor& x) { return pool(base->forward(x)); }
   torch::Tensor forward(const torch::Tensor& x) { return fc->forward(pooled(x)); }
 
   nn::Sequential base;
@@ -87,20 +87,16 @@ class TrainBase : public SupervisedSink, public FillsCores {
 
  private:
   void start() override {
-    // BatchNorm normalizes by the statistics of the rows it sees: each rank's rows are not
-    // the global batch, so a data-parallel run would train another network (it would need
-    // synchronized BatchNorm).
-    if (parallel())
-      throw std::runtime_error(fmt::format("{}: trains with BatchNorm batch statistics, which a run of {} processes would "
-                                           "compute over each rank's rows; pretrain a base with one process",
-                                           what(), parallel()->world()));
     net_ = Net(torchu::make_builtin(model_.substr(8)), gap_);
     torchu::init_module(*net_, gen());
     optimizer_.reset();
   }
   torch::Tensor inputs(const Batch& batch) override {
-    return torchu::images_to_tensor(batch.samples, norm_, /*pinned=*/device_.is_cuda());
+    torch::Tensor x = torchu::images_to_tensor(batch.samples, norm_, /*pinned=*/device_.is_cuda());
+    empty_shape_ = {0, x.size(1), x.size(2), x.size(3)};
+    return x;
   }
+  torch::Tensor empty_input() override { return torch::zeros(empty_shape_); }
   // The classifier's input width: a probe forward of one image through the base (CPU).
   int64_t width(const torch::Tensor& x) override {
     torch::NoGradGuard no_grad;
@@ -114,7 +110,22 @@ class TrainBase : public SupervisedSink, public FillsCores {
     optimizer_ = std::make_unique<torch::optim::Adam>(
         net_->parameters(), torch::optim::AdamOptions(lr_).eps(1e-7).weight_decay(weight_decay_));
   }
-  torch::Tensor forward(const torch::Tensor& x) override { return net_->forward(x); }
+  torch::Tensor forward(const torch::Tensor& x) override {
+    if (!parallel() || !net_->is_training()) return net_->forward(x);
+    return net_->fc->forward(net_->pool(synced_base(x)));
+  }
+  // The base with each BatchNorm over the global batch (a data-parallel training step).
+  torch::Tensor synced_base(torch::Tensor x) {
+    const double share = static_cast<double>(shard().local) / static_cast<double>(shard().global);
+    for (nn::AnyModule& layer : *net_->base) {
+      if (auto* bn = layer.ptr()->as<nn::BatchNorm2d>())
+        x = sync_batch_norm(x, *bn, *parallel(), share, what());
+      else
+        x = layer.forward(x);
+    }
+    return x;
+  }
+  bool collective_backward() const override { return parallel() != nullptr; }
   torch::Tensor loss(const torch::Tensor& logits, const torch::Tensor& y) const override {
     return torch::cross_entropy_loss(logits, y);
   }
@@ -142,6 +153,7 @@ class TrainBase : public SupervisedSink, public FillsCores {
   int threads_;
   Net net_{nullptr};
   std::unique_ptr<torch::optim::Adam> optimizer_;
+  std::vector<int64_t> empty_shape_{0, 3, 1, 1};  // a batch of no rows: set from every batch
 };
 
 }  // namespace
