@@ -292,6 +292,21 @@ Child start_rank(int rank, int port, const std::vector<std::string>& args, const
   });
 }
 
+// Ranks 0 and 1 started with these arguments both exit 1 with `message`.
+void check_both_refused(const std::vector<std::string>& args0, const std::vector<std::string>& args1,
+                        const fs::path& cache, const std::string& message) {
+  const int port = pipeline::free_local_port();
+  Child r0 = start_rank(0, port, args0, cache);
+  Child r1 = start_rank(1, port, args1, cache);
+  std::string e0, e1;
+  CHECK(finish(r0, &e0) == 1);
+  CHECK(finish(r1, &e1) == 1);
+  for (const std::string& e : {e0, e1}) {
+    INFO(e);
+    CHECK_THAT(e, Catch::Contains(message));
+  }
+}
+
 }  // namespace
 
 TEST_CASE("a rank killed during extraction ends the other with its name, and the rerun completes from the cache") {
@@ -359,18 +374,9 @@ TEST_CASE("a distributed run stopped by SIGTERM resumes to an uninterrupted run'
   fs::copy(dir / "cut", dir / "other", fs::copy_options::recursive);
   std::ofstream(dir / "other" / "checkpoint" / "state.json", std::ios::app) << "\n";  // same values, other bytes
 
-  {  // ranks given different checkpoints are refused, before either trains
-    const int port = pipeline::free_local_port();
-    Child r0 = start_rank(0, port, {"run", "--resume", (dir / "cut").string(), "-q"}, cache);
-    Child r1 = start_rank(1, port, {"run", "--resume", (dir / "other").string(), "-q"}, cache);
-    std::string e0, e1;
-    CHECK(finish(r0, &e0) == 1);
-    CHECK(finish(r1, &e1) == 1);
-    for (const std::string& e : {e0, e1}) {
-      INFO(e);
-      CHECK_THAT(e, Catch::Contains("rank 1 and rank 0 differ in their checkpoint"));
-    }
-  }
+  // Ranks given different checkpoints are refused, before either trains.
+  check_both_refused({"run", "--resume", (dir / "cut").string(), "-q"}, {"run", "--resume", (dir / "other").string(), "-q"},
+                     cache, "rank 1 and rank 0 differ in their checkpoint");
   // On the same two processes: the same bits as the uninterrupted run.
   REQUIRE(pipe_exit(launched({"run", "--resume", (dir / "cut").string(), "--no-progress"}), cache) == 0);
   CHECK(metrics_without_times(dir / "cut") == metrics_without_times(dir / "whole"));
@@ -418,14 +424,7 @@ TEST_CASE("train_base trains data-parallel: one process's network, repeatably") 
 
 TEST_CASE("ranks that would not run the same thing are refused, naming what differs") {
   const fs::path dir = fresh("mismatch"), cache = dir / "cache";
-  const int port = pipeline::free_local_port();
-  Child r0 = start_rank(0, port, run_args("cached.yaml", dir / "run"), cache);
-  Child r1 = start_rank(1, port, run_args("cached.yaml", dir / "run", {"--set", "nodes.head.lr=0.001"}), cache);
-  std::string e0, e1;
-  CHECK(finish(r0, &e0) == 1);
-  CHECK(finish(r1, &e1) == 1);
-  for (const std::string& e : {e0, e1}) {
-    INFO(e);
-    CHECK_THAT(e, Catch::Contains("rank 1 and rank 0 differ in their resolved graph"));
-  }
+  check_both_refused(run_args("cached.yaml", dir / "run"),
+                     run_args("cached.yaml", dir / "run", {"--set", "nodes.head.lr=0.001"}), cache,
+                     "rank 1 and rank 0 differ in their resolved graph");
 }
