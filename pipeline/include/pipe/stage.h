@@ -109,14 +109,14 @@ class BatchStage : public Stage {
 
 // Optional, for a batch stage whose process() (or a sink whose consume()) keeps every core of
 // this process busy (a CPU forward pass, or a training step, on LibTorch's whole intra-op
-// thread team). While it runs, the executor starts
-// no per-sample work (decode, augment) beside it: on a full CPU that work only preempts one
-// of the team's threads, and the team's barriers then wait for it (docs/performance.md: decode
-// beside a 32 px forward cost the forward about twice decode's own CPU time). A stage that
-// computes on a GPU answers false: there, preparing the next batch while the device works is
-// the overlap that pays. Added in API 0.3; stages that do not implement it are never gated.
-// While it answers true, its process() or consume() runs on one thread of the executor's, the
-// same for every batch of every pass (an OpenMP team belongs to the thread that starts it).
+// thread team). While it runs, the executor starts no per-sample work (decode, augment)
+// beside it: on a full CPU that work only preempts one of the team's threads, and the team's
+// barriers then wait for it (docs/performance.md: decode beside a 32 px forward cost the
+// forward about twice decode's own CPU time). A stage that computes on a GPU answers false:
+// there, preparing the next batch while the device works is the overlap that pays. Added in
+// API 0.3; stages that do not implement it are never gated. While it answers true, its
+// process() or consume() runs on one thread of the executor's, the same for every batch of
+// every pass (an OpenMP team belongs to the thread that starts it).
 class FillsCores {
  public:
   virtual ~FillsCores() = default;
