@@ -73,6 +73,7 @@ class SupervisedSink : public SinkStage, public ModelExport, public LearningRate
       throw std::runtime_error(fmt::format("{}: needs at least 2 classes, the run has {}", what_, classes_));
     gen_ = torchu::make_generator(hash64(fmt::format("{}/{}", run.seed, node_)));
     parallel_ = run.parallel;
+    run_threads_ = run.threads;
     width_ = 0;
     best_.clear();
     start();
@@ -211,6 +212,7 @@ class SupervisedSink : public SinkStage, public ModelExport, public LearningRate
   // so that ranks draw what one process would.
   const StepShard& shard() const { return shard_; }
   DataParallel* parallel() const { return parallel_; }
+  int run_threads() const { return run_threads_; }  // the run's threads (--threads), not training_threads()
   bool built() const { return width_ > 0; }
   int64_t classes() const { return classes_; }
   int64_t built_width() const { return width_; }
@@ -293,6 +295,7 @@ class SupervisedSink : public SinkStage, public ModelExport, public LearningRate
   std::vector<torch::Tensor> best_;
   bool training_ = false;
   DataParallel* parallel_ = nullptr;
+  int run_threads_ = 1;
   size_t step_ = 0;  // training steps taken in this pass (distributed runs)
   StepShard shard_;
   MetricSum sums_;

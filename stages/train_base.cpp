@@ -87,9 +87,21 @@ class TrainBase : public SupervisedSink, public FillsCores {
 
  private:
   void start() override {
+    warn_if_oversubscribed();
     net_ = Net(torchu::make_builtin(model_.substr(8)), gap_);
     torchu::init_module(*net_, gen());
     optimizer_.reset();
+  }
+  // Its thread count is fixed (determinism), so it ignores the share of the cores that pipe
+  // launch gives each process: two processes of 2 threads on 2 cores took 4.5x as long as
+  // one (docs/distributed.md). Said once, by rank 0.
+  void warn_if_oversubscribed() const {
+    if (!parallel() || parallel()->rank() != 0 || threads_ <= run_threads()) return;
+    std::fprintf(stderr,
+                 "pipe: warning: %s trains on %d intra-op threads (its `threads`) in each of %d processes, and each "
+                 "process's share of the cores is %d thread(s) (--threads, PIPE_THREADS): the processes will contend "
+                 "for the cores; set its threads to %d\n",
+                 what().c_str(), threads_, parallel()->world(), run_threads(), run_threads());
   }
   torch::Tensor inputs(const Batch& batch) override {
     torch::Tensor x = torchu::images_to_tensor(batch.samples, norm_, /*pinned=*/device_.is_cuda());

@@ -397,10 +397,15 @@ TEST_CASE("train_base trains data-parallel: one process's network, repeatably") 
     return std::vector<std::string>{
         "run", std::string(PIPE_SOURCE_DIR) + "/graphs/pretrain.yaml", "--out", (dir / out).string(), "-q", "--set",
         "data.classes=[trouser, pullover, dress]", "--set", "data.per_class=[43, 10, 0]", "--set", "train.epochs=2",
-        "--set", "nodes.trainer.out=" + (dir / (out + ".pt")).string()};
+        "--set", "nodes.trainer.out=" + (dir / (out + ".pt")).string(), "--threads", "1"};
   };
   REQUIRE(pipe_exit(args("one"), cache) == 0);
-  REQUIRE(pipe_exit(launched(args("two")), cache) == 0);
+  std::string err;
+  REQUIRE(pipe_exit(launched(args("two")), cache, &err) == 0);
+  // Each process has 1 thread (--threads 1, as pipe launch gives each of 2 processes on 2
+  // cores); the trainer keeps its 2.
+  CHECK_THAT(err, Catch::Contains("train_base 'trainer' trains on 2 intra-op threads (its `threads`) in each of 2 "
+                                  "processes") && Catch::Contains("set its threads to 1"));
   REQUIRE(pipe_exit(launched(args("again")), cache) == 0);
   CHECK(metrics_without_times(dir / "two") == metrics_without_times(dir / "again"));
   CHECK(bytes_of(dir / "two.pt") == bytes_of(dir / "again.pt"));
