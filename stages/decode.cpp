@@ -75,6 +75,9 @@ uint64_t header_pixels(const std::vector<uint8_t>& b) {
       if (p[i] != 0xFF) { ++i; continue; }
       const uint8_t m = p[i + 1];
       if (m == 0xFF) { ++i; continue; }  // fill byte
+      // FF 00 is no marker: libjpeg's next_marker() discards it as stuffed data and scans on
+      // (a second out-of-memory of fuzz_decode, where reading a length after it skipped the frame).
+      if (m == 0x00) { i += 2; continue; }
       if (m == 0x01 || (m >= 0xD0 && m <= 0xD7)) { i += 2; continue; }
       const bool sof = m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC;
       if (sof && i + 9 <= n) return uint64_t{be16(p + i + 5)} * be16(p + i + 7);
