@@ -59,12 +59,11 @@ class SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
     torch::Tensor sums = torch::cat({dy_sum, dyx_sum}).mul(share).to(torch::kCPU).contiguous();
     group->all_reduce_sum(sums.data_ptr<double>(), static_cast<size_t>(sums.numel()),
                           "the BatchNorm gradients of " + ctx->saved_data["what"].toStringRef());
-    torch::Tensor dx = torch::zeros_like(dy);  // no rows: an empty tensor
-    if (share > 0) {
-      const auto per_channel = [&](const torch::Tensor& t) { return (t / (n * share)).to(dy.options()).view({1, c, 1, 1}); };
-      dx = (dy - per_channel(sums.narrow(0, 0, c)) - xhat * per_channel(sums.narrow(0, c, c))) *
-           (weight.view({1, c, 1, 1}) * invstd);
-    }
+    const auto per_channel = [&](const torch::Tensor& t) { return (t / (n * share)).to(dy.options()).view({1, c, 1, 1}); };
+    const torch::Tensor dx =
+        share > 0 ? (dy - per_channel(sums.narrow(0, 0, c)) - xhat * per_channel(sums.narrow(0, c, c))) *
+                        (weight.view({1, c, 1, 1}) * invstd)
+                  : dy;  // no rows: dy is empty, and so is the input's gradient
     return {dx, dyx_sum.to(weight.options()), dy_sum.to(weight.options()), {}, {}, {}, {}};
   }
 };
