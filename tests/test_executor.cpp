@@ -343,6 +343,21 @@ class TeamSink : public SinkStage, public FillsCores {
   std::set<std::thread::id> threads;
 };
 
+// A sink that does not fill the cores (a head's step on one thread), showing when it runs.
+class OneThreadSink : public SinkStage {
+ public:
+  void begin_epoch(Split, int) override {}
+  void consume(Batch& b) override {
+    running = true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    running = false;
+    consumed += static_cast<int64_t>(b.size());
+  }
+  SplitMetrics end_epoch() override { return {}; }
+  std::atomic<bool> running{false};
+  int64_t consumed = 0;
+};
+
 struct GateRun {
   int64_t started_beside = 0;  // samples whose load began while the batch stage ran
   int64_t gated_ns = 0;        // what the profile says the load waited at the gate
@@ -404,6 +419,36 @@ TEST_CASE("per-sample work waits while a batch stage that fills the cores runs")
     CHECK_THROWS_WITH(run_beside_team(g, failing), Catch::Contains("node 'team' failed") && Catch::Contains("team failed"));
     CHECK(failing.batches == 3);
   }
+}
+
+TEST_CASE("per-sample work goes on while what follows a batch stage that fills the cores runs") {
+  // The gate covers the batch stage alone: the ops its outputs reach next in the tail (a
+  // cache write, a head on one thread) leave a core free for decoding the next samples.
+  oneapi::tbb::global_control c(oneapi::tbb::global_control::max_allowed_parallelism, 2);
+  PassFixture f(/*sleep_us=*/100, 0);
+  OneThreadSink head;
+  f.pass.nodes.back().impl = &head;
+  f.pass.sink_batch = 4;
+  TeamBatch team(/*fills=*/true, 0);
+  std::atomic<int64_t> beside_head{0}, beside_team{0};
+  PassNode b;
+  b.name = "team";
+  b.stage = "t_team";
+  b.kind = StageKind::batch_map;
+  b.impl = &team;
+  b.concurrency = Concurrency::serial;
+  f.pass.nodes.insert(f.pass.nodes.begin() + 1, b);
+  f.pass.load = [&](Sample& s) {
+    if (head.running) ++beside_head;
+    if (team.running) ++beside_team;
+    f.source.load(s);
+  };
+  run_pass(f.pass, f.profile);
+  CHECK(head.consumed == 400);
+  CHECK(beside_team <= 8);
+  // 100 of the 200 ms the head sleeps, one load takes 0.1 ms: most loads start beside it.
+  // With the gate held until the batch's outputs had passed the head: 0.
+  CHECK(beside_head >= 100);
 }
 
 TEST_CASE("a sink that fills the cores takes turns too, on the same core thread") {

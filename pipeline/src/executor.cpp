@@ -503,6 +503,9 @@ class Tail {
       throw NodeError(op.name, range(), e.what(), op.context);
     }
     t.done(static_cast<int64_t>(n));
+    // The gate covers this op alone: what its outputs reach next in the tail (a cache write,
+    // a head's step on one thread) leaves a core to the per-sample work of the next samples.
+    closed.reset();
     if (op.kind == StageKind::sink) {
       for (const Item& it : items) retire(it.seq);
       return;
