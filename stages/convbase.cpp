@@ -48,6 +48,7 @@
 #include "builtin.h"
 #include "cache_store.h"  // hash_file: XXH3-128 of the weights
 #include "script_export.h"
+#include "torch_runtime.h"
 #include "torch_schemas.h"
 #include "torch_util.h"
 
@@ -86,7 +87,7 @@ class ConvBase : public BatchStage, public FillsCores, public Scriptable {
 
   // On the CPU the forward runs on LibTorch's whole intra-op team: the executor holds the
   // per-sample stages back while it runs (FillsCores). A team of one leaves cores to them.
-  bool fills_cores() const override { return device_.is_cpu() && at::get_num_threads() > 1; }
+  bool fills_cores() const override { return device_.is_cpu() && torch_threads() > 1; }
 
   // For model.pt: the normalization and the network, in float32 on the CPU (bf16 is a
   // CUDA speed option, not part of what the base computes).

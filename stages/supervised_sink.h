@@ -15,7 +15,6 @@
 #include <memory>
 #include <string>
 
-#include <ATen/Config.h>
 #include <fmt/format.h>
 
 #include "files.h"
@@ -23,44 +22,28 @@
 #include "pipe/stage.h"
 #include "running_loss.h"
 #include "script_export.h"
+#include "torch_runtime.h"
 #include "torch_util.h"
-
-#if AT_PARALLEL_OPENMP && !AT_MKL_ENABLED()  // MKL keeps a thread count of its own
-// Declared weak: pipe does not link OpenMP itself, LibTorch loads libgomp.
-extern "C" void omp_set_num_threads(int) __attribute__((weak));
-#endif
 
 namespace pipeline::stages {
 
 // The calling thread's intra-op threads for a scope (n > 0; 0 leaves them). OpenBLAS/ATen split
 // products and convolution reductions differently at different thread counts (last-ulp
 // differences in losses), so a trainer keeps a count of its own to make a seeded run's metrics
-// identical whatever --threads says. at::set_num_threads also rebuilds caffe2's pthreadpool (a
-// thread created and joined per call, 0.6-18 ms here depending on load) although training
-// never uses it: two calls per batch made a cached head epoch 0.6-1.3 s at --threads 2 against
-// 0.26 s at 1. With LibTorch's OpenMP backend (Debian's, pytorch.org's) ATen's intra-op loops,
-// oneDNN and OpenBLAS follow the calling thread's OpenMP count, which omp_set_num_threads sets
-// in nanoseconds for this thread only; at::set_num_threads is the fallback elsewhere.
+// identical whatever --threads says. torch_threads_here() sets it for this thread alone, in
+// nanoseconds: at::set_num_threads also rebuilds caffe2's pthreadpool (a thread created and
+// joined per call, 0.6-18 ms here depending on load), and two calls per batch made a cached
+// head epoch 0.6-1.3 s at --threads 2 against 0.26 s at 1.
 class IntraOpThreads {
  public:
-  // at::get_num_threads() first: on a thread's first ATen call it applies the process-wide
-  // count (which would undo a setting made before it).
-  explicit IntraOpThreads(int n) : n_(n), prev_(n > 0 ? at::get_num_threads() : 0) {
-    if (n_ > 0 && prev_ != n_) set(n_);
-  }
+  explicit IntraOpThreads(int n) : n_(n), prev_(n > 0 ? torch_threads_here(n) : 0) {}
   ~IntraOpThreads() {
-    if (n_ > 0 && prev_ != n_) set(prev_);
+    if (n_ > 0 && prev_ != n_) torch_threads_here(prev_);
   }
   IntraOpThreads(const IntraOpThreads&) = delete;
   IntraOpThreads& operator=(const IntraOpThreads&) = delete;
 
  private:
-  static void set(int n) {
-#if AT_PARALLEL_OPENMP && !AT_MKL_ENABLED()
-    if (omp_set_num_threads != nullptr) return omp_set_num_threads(n);
-#endif
-    at::set_num_threads(n);
-  }
   int n_, prev_;
 };
 

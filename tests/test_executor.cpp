@@ -15,6 +15,7 @@
 #include "executor.h"
 #include "runner.h"
 #include "spec.h"
+#include "torch_runtime.h"
 #include "run_support.h"
 
 #include <oneapi/tbb/global_control.h>
@@ -449,6 +450,26 @@ TEST_CASE("per-sample work goes on while what follows a batch stage that fills t
   // 100 of the 200 ms the head sleeps, one load takes 0.1 ms: most loads start beside it.
   // With the gate held until the batch's outputs had passed the head: 0.
   CHECK(beside_head >= 100);
+}
+
+TEST_CASE("configure_threads keeps multi-threaded LibTorch work on the core thread") {
+  // A thread's count, read without changing it.
+  const auto count_here = [] {
+    const int n = torch_threads_here(1);
+    torch_threads_here(n);
+    return n;
+  };
+  for (int n : {2, 1, 3}) {
+    configure_threads(n);
+    INFO("configure_threads(" << n << ")");
+    CHECK(torch_threads() == n);
+    // The caller (a run's main thread: stages, checkpoints, model.pt) keeps no team of its own.
+    CHECK(count_here() == 1);
+    int core = 0;
+    run_on_core_thread([&] { core = count_here(); });
+    CHECK(core == n);  // a new count reaches the core thread, whose team had started before
+  }
+  configure_threads(2);
 }
 
 TEST_CASE("a sink that fills the cores takes turns too, on the same core thread") {

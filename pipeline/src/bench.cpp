@@ -131,19 +131,20 @@ double bare_conv(const fs::path& tree, int px, const std::string& convbase_yaml,
     decoded.push_back(s);
   }
   auto conv = testing::make<BatchStage>(convbase_yaml, "features");
-  {  // warm-up: the first forward creates the conv primitives
-    Batch b;
-    for (size_t k = 0; k < std::min(decoded.size(), static_cast<size_t>(batch)); ++k) b.samples.push_back(decoded[k]);
-    conv->process(b);
-  }
+  // On the core thread, as a pass runs it: one OpenMP team in the process, as in a plain
+  // PyTorch loop (a team on this thread too would slow both; run_on_core_thread).
+  const auto forward_all = [&](size_t count) {
+    for (size_t i = 0; i < count; i += static_cast<size_t>(batch)) {
+      Batch b;
+      for (size_t k = i; k < std::min(count, i + static_cast<size_t>(batch)); ++k) b.samples.push_back(decoded[k]);
+      run_on_core_thread([&] { conv->process(b); });
+    }
+  };
+  forward_all(std::min(decoded.size(), static_cast<size_t>(batch)));  // warm-up: creates the conv primitives
   double best = 1e30;
   for (int r = 0; r < reps; ++r) {
     const double t0 = now_s();
-    for (size_t i = 0; i < decoded.size(); i += static_cast<size_t>(batch)) {
-      Batch b;
-      for (size_t k = i; k < std::min(decoded.size(), i + static_cast<size_t>(batch)); ++k) b.samples.push_back(decoded[k]);
-      conv->process(b);
-    }
+    forward_all(decoded.size());
     best = std::min(best, now_s() - t0);
   }
   return static_cast<double>(decoded.size()) / best;
@@ -465,8 +466,7 @@ Figure cached_head(const Bench& b, const HeadEpochs& t) {
 Figure head_arithmetic(const Bench& b, const HeadEpochs& t) {
   constexpr int64_t in = 128 * 4 * 4, hidden = 256, out = 1, batch = 20;
   const double flops = static_cast<double>(t.count) * static_cast<double>(4 * in * hidden + 6 * hidden * out);
-  const int prev = at::get_num_threads();
-  at::set_num_threads(1);
+  const int prev = torch_threads_here(1);  // the head trains on one thread
   const at::Tensor x = at::rand({batch, in}), w = at::rand({hidden, in}), bias = at::rand({hidden}),
                    g = at::rand({batch, hidden});
   const int iters = static_cast<int>(t.count / batch);
@@ -479,7 +479,7 @@ Figure head_arithmetic(const Bench& b, const HeadEpochs& t) {
     }
     if (rep > 0) best = std::min(best, now_s() - t0);
   }
-  at::set_num_threads(prev);
+  torch_threads_here(prev);
   const double rate = static_cast<double>(iters) * 2 * (2.0 * batch * in * hidden) / best;  // FLOP/s
   return make_figure(b.name_of(kHeadArithmetic), "s", t.from_cache, flops / rate, 3.0, false);
 }

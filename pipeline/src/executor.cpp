@@ -14,6 +14,8 @@
 #include <oneapi/tbb/flow_graph.h>
 #include <unistd.h>
 
+#include "torch_runtime.h"
+
 namespace pipeline {
 
 namespace flow = oneapi::tbb::flow;
@@ -209,8 +211,10 @@ class CoreGate {
 // the tail's turn, each of them kept a team of its own, and the team left idle spun on cores
 // the running one needed (a 32 px forward took 14.5-16 ms a batch after changing threads, 13.7
 // on the same thread; the first batch on a new thread 45 ms). The caller waits: the gate holds
-// the per-sample work meanwhile anyway. Created on first use; after fork() the child makes
-// its own (the parent's thread does not exist there), leaving the parent's object unused.
+// the per-sample work meanwhile anyway. Each job runs on the intra-op count the process has
+// configured last (torch_threads()): a thread's OpenMP count is its own, so a later --threads
+// reaches the team only this way. Created on first use; after fork() the child makes its own
+// (the parent's thread does not exist there), leaving the parent's object unused.
 class CoreThread {
  public:
   static CoreThread& get() {
@@ -225,9 +229,11 @@ class CoreThread {
   // when called from the core thread itself (a job that runs a pass of its own).
   void run(const std::function<void()>& job) {
     if (std::this_thread::get_id() == id_) return job();
+    const int threads = torch_threads();  // what the caller configured last, applied there
     std::lock_guard<std::mutex> one_caller(callers_);  // passes may run side by side
     std::unique_lock<std::mutex> lock(mu_);
     job_ = &job;
+    threads_ = threads;
     error_ = nullptr;
     wake_.notify_one();
     done_.wait(lock, [&] { return job_ == nullptr; });
@@ -246,6 +252,7 @@ class CoreThread {
     for (;;) {
       wake_.wait(lock, [&] { return job_ != nullptr; });
       try {
+        torch_threads_here(threads_);
         (*job_)();
       } catch (...) {
         error_ = std::current_exception();
@@ -261,6 +268,7 @@ class CoreThread {
   std::mutex mu_;  // held by the core thread while it runs a job
   std::condition_variable wake_, done_;
   const std::function<void()>* job_ = nullptr;
+  int threads_ = 1;
   std::exception_ptr error_;
 };
 
@@ -668,6 +676,8 @@ PassResult run_flow(const PassSpec& pass, const Topology& topo, const Region& re
 
 
 }  // namespace
+
+void run_on_core_thread(const std::function<void()>& job) { CoreThread::get().run(job); }
 
 PassResult run_pass(const PassSpec& pass, Profile& profile) {
   const int64_t t_start = now_ns();

@@ -119,4 +119,12 @@ struct PassSpec {
 
 PassResult run_pass(const PassSpec& pass, Profile& profile);
 
+// Runs `job` on the core thread, the one thread of the process whose OpenMP team runs
+// multi-threaded LibTorch work (a pass's CPU conv base goes there by itself: FillsCores), on
+// torch_threads() intra-op threads; returns when it has, rethrowing what it threw. libgomp
+// keeps a team's idle threads for each thread that ever ran a parallel region, and once those
+// outnumber the cores it cuts every team's spin-wait to 100 rounds: a second team made every
+// 32 px forward 10% slower (configure_threads, runner.h).
+void run_on_core_thread(const std::function<void()>& job);
+
 }  // namespace pipeline

@@ -45,6 +45,11 @@ int configure_threads(int n) {
   control = std::make_unique<oneapi::tbb::global_control>(
       oneapi::tbb::global_control::max_allowed_parallelism, static_cast<size_t>(n));
   torch_set_threads(n);
+  // The calling thread (a run's main thread: it builds stages, writes checkpoints and
+  // model.pt) runs LibTorch on one thread, so that it never keeps an OpenMP team of its own
+  // beside the core thread's (run_on_core_thread, executor.h): two teams on 2 cores made
+  // libgomp cut the conv base's spin-wait, and the 32 px forward took 10% longer.
+  torch_single_thread_here();
   return n;
 }
 

@@ -3,6 +3,7 @@
 // quick to compile, and the stage library owns the torch-heavy code (stages/torch_util.*).
 #include "torch_runtime.h"
 
+#include <ATen/Config.h>
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <torch/cuda.h>
@@ -10,6 +11,7 @@
 #include <torch/version.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -19,6 +21,11 @@
 
 #include <fmt/format.h>
 #include <malloc.h>
+
+#if AT_PARALLEL_OPENMP && !AT_MKL_ENABLED()
+// Declared weak: pipe does not link OpenMP itself, LibTorch loads libgomp.
+extern "C" void omp_set_num_threads(int) __attribute__((weak));
+#endif
 
 namespace pipeline {
 
@@ -36,6 +43,10 @@ void tune_allocator() {
 }
 }  // namespace
 
+namespace {
+std::atomic<int> g_threads{0};  // 0: never set
+}  // namespace
+
 void torch_set_threads(int n) {
   static std::once_flag interop_once;
   std::call_once(interop_once, [] {
@@ -47,7 +58,32 @@ void torch_set_threads(int n) {
     } catch (const std::exception&) {
     }
   });
-  at::set_num_threads(std::max(1, n));
+  g_threads = std::max(1, n);
+  at::set_num_threads(g_threads);
+}
+
+int torch_threads() {
+  const int n = g_threads;
+  return n > 0 ? n : at::get_num_threads();
+}
+
+int torch_threads_here(int n) {
+  // First: a thread's first ATen call applies the process-wide count, which would undo ours.
+  const int prev = at::get_num_threads();
+#if AT_PARALLEL_OPENMP && !AT_MKL_ENABLED()  // MKL keeps a thread count of its own
+  if (omp_set_num_threads != nullptr) {
+    if (n != prev) omp_set_num_threads(std::max(1, n));
+    return prev;
+  }
+#endif
+  if (n != prev) at::set_num_threads(std::max(1, n));  // one process-wide count: no other way
+  return prev;
+}
+
+void torch_single_thread_here() {
+#if AT_PARALLEL_OPENMP && !AT_MKL_ENABLED()
+  if (omp_set_num_threads != nullptr) torch_threads_here(1);
+#endif
 }
 
 namespace {
@@ -75,7 +111,7 @@ std::string torch_runtime_info() {
   std::vector<std::string> blas = mapped_blas_libraries();
   return fmt::format(
       "LibTorch {}, {} intra-op thread(s), {} inter-op, BLAS: {}, oneDNN: {}, CUDA: {}",
-      TORCH_VERSION, at::get_num_threads(), at::get_num_interop_threads(),
+      TORCH_VERSION, torch_threads(), at::get_num_interop_threads(),
       blas.empty() ? std::string("none mapped") : fmt::format("{}", fmt::join(blas, ", ")),
       at::hasMKLDNN() ? "yes" : "no",
       torch::cuda::is_available()

@@ -12,6 +12,20 @@ namespace pipeline {
 // mmap/trim thresholds so that per-batch activations are reused, not faulted in afresh.
 void torch_set_threads(int n);
 
+// The count the last torch_set_threads() set (LibTorch's own count before any call).
+int torch_threads();
+
+// The calling thread's intra-op threads (n >= 1). With LibTorch's OpenMP backend, LibTorch's
+// loops, oneDNN and OpenBLAS follow the calling thread's OpenMP count, which this sets for
+// this thread only, in nanoseconds; at::set_num_threads also rebuilds caffe2's thread pool
+// and changes every thread that starts LibTorch work later (the fallback where counts are
+// process-wide). Returns the count the thread had, to restore.
+int torch_threads_here(int n);
+
+// The calling thread runs LibTorch on one intra-op thread from now on, where counts are per
+// thread (LibTorch's OpenMP backend, Debian's and pytorch.org's); elsewhere it does nothing.
+void torch_single_thread_here();
+
 // One line: LibTorch version, intra-op threads, the BLAS/LAPACK/oneDNN libraries actually
 // mapped into this process (read from /proc/self/maps, so the Debian alternatives symlink
 // libblas.so.3 shows as its real target), and CUDA availability.
