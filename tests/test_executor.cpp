@@ -326,10 +326,12 @@ class TeamBatch : public BatchStage, public FillsCores {
   int fail_on_;
 };
 
-// A sink standing in for a CPU training step on the whole thread team (train_base).
+// A sink standing in for a CPU training step on the whole thread team (train_base), or one
+// that does not fill the cores (a head's step on one thread).
 class TeamSink : public SinkStage, public FillsCores {
  public:
-  bool fills_cores() const override { return true; }
+  explicit TeamSink(bool fills = true) : fills_(fills) {}
+  bool fills_cores() const override { return fills_; }
   void begin_epoch(Split, int) override {}
   void consume(Batch& b) override {
     threads.insert(std::this_thread::get_id());
@@ -342,29 +344,18 @@ class TeamSink : public SinkStage, public FillsCores {
   std::atomic<bool> running{false};
   int64_t consumed = 0;
   std::set<std::thread::id> threads;
-};
 
-// A sink that does not fill the cores (a head's step on one thread), showing when it runs.
-class OneThreadSink : public SinkStage {
- public:
-  void begin_epoch(Split, int) override {}
-  void consume(Batch& b) override {
-    running = true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    running = false;
-    consumed += static_cast<int64_t>(b.size());
-  }
-  SplitMetrics end_epoch() override { return {}; }
-  std::atomic<bool> running{false};
-  int64_t consumed = 0;
+ private:
+  bool fills_;
 };
 
 struct GateRun {
-  int64_t started_beside = 0;  // samples whose load began while the batch stage ran
-  int64_t gated_ns = 0;        // what the profile says the load waited at the gate
+  int64_t started_beside = 0;        // samples whose load began while the batch stage ran
+  int64_t started_beside_after = 0;  // ... while the sink behind it (`after`) ran
+  int64_t gated_ns = 0;              // what the profile says the load waited at the gate
 };
 
-GateRun run_beside_team(PassFixture& f, TeamBatch& team) {
+GateRun run_beside_team(PassFixture& f, TeamBatch& team, const TeamSink* after = nullptr) {
   PassNode b;
   b.name = "team";
   b.stage = "t_team";
@@ -372,14 +363,16 @@ GateRun run_beside_team(PassFixture& f, TeamBatch& team) {
   b.impl = &team;
   b.concurrency = Concurrency::serial;
   f.pass.nodes.insert(f.pass.nodes.begin() + 1, b);
-  std::atomic<int64_t> beside{0};
+  std::atomic<int64_t> beside{0}, beside_after{0};
   f.pass.load = [&](Sample& s) {
     if (team.running) ++beside;
+    if (after && after->running) ++beside_after;
     f.source.load(s);
   };
   run_pass(f.pass, f.profile);
   GateRun r;
   r.started_beside = beside;
+  r.started_beside_after = beside_after;
   for (const NodeProfile* p : f.profile.nodes())
     if (p->node == "load") r.gated_ns = p->gated_ns;
   return r;
@@ -427,29 +420,16 @@ TEST_CASE("per-sample work goes on while what follows a batch stage that fills t
   // cache write, a head on one thread) leave a core free for decoding the next samples.
   oneapi::tbb::global_control c(oneapi::tbb::global_control::max_allowed_parallelism, 2);
   PassFixture f(/*sleep_us=*/100, 0);
-  OneThreadSink head;
+  TeamSink head(/*fills=*/false);
   f.pass.nodes.back().impl = &head;
   f.pass.sink_batch = 4;
   TeamBatch team(/*fills=*/true, 0);
-  std::atomic<int64_t> beside_head{0}, beside_team{0};
-  PassNode b;
-  b.name = "team";
-  b.stage = "t_team";
-  b.kind = StageKind::batch_map;
-  b.impl = &team;
-  b.concurrency = Concurrency::serial;
-  f.pass.nodes.insert(f.pass.nodes.begin() + 1, b);
-  f.pass.load = [&](Sample& s) {
-    if (head.running) ++beside_head;
-    if (team.running) ++beside_team;
-    f.source.load(s);
-  };
-  run_pass(f.pass, f.profile);
+  const GateRun r = run_beside_team(f, team, &head);
   CHECK(head.consumed == 400);
-  CHECK(beside_team <= 8);
-  // 100 of the 200 ms the head sleeps, one load takes 0.1 ms: most loads start beside it.
+  CHECK(r.started_beside <= 8);
+  // The head sleeps 100 x 3 ms, a sample takes 0.1 ms: most loads start beside the head.
   // With the gate held until the batch's outputs had passed the head: 0.
-  CHECK(beside_head >= 100);
+  CHECK(r.started_beside_after >= 100);
 }
 
 TEST_CASE("configure_threads keeps multi-threaded LibTorch work on the core thread") {
