@@ -67,23 +67,34 @@ int torch_threads() {
   return n > 0 ? n : at::get_num_threads();
 }
 
+namespace {
+// Whether LibTorch's intra-op count is per thread: its OpenMP backend without MKL (which keeps
+// a count of its own), with libgomp loaded.
+bool per_thread_counts() {
+#if AT_PARALLEL_OPENMP && !AT_MKL_ENABLED()
+  return omp_set_num_threads != nullptr;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
 int torch_threads_here(int n) {
   // First: a thread's first ATen call applies the process-wide count, which would undo ours.
   const int prev = at::get_num_threads();
-#if AT_PARALLEL_OPENMP && !AT_MKL_ENABLED()  // MKL keeps a thread count of its own
-  if (omp_set_num_threads != nullptr) {
-    if (n != prev) omp_set_num_threads(std::max(1, n));
+  if (n == prev) return prev;
+#if AT_PARALLEL_OPENMP && !AT_MKL_ENABLED()
+  if (per_thread_counts()) {
+    omp_set_num_threads(std::max(1, n));
     return prev;
   }
 #endif
-  if (n != prev) at::set_num_threads(std::max(1, n));  // one process-wide count: no other way
+  at::set_num_threads(std::max(1, n));  // one process-wide count: no other way
   return prev;
 }
 
 void torch_single_thread_here() {
-#if AT_PARALLEL_OPENMP && !AT_MKL_ENABLED()
-  if (omp_set_num_threads != nullptr) torch_threads_here(1);
-#endif
+  if (per_thread_counts()) torch_threads_here(1);
 }
 
 namespace {
