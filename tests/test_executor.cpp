@@ -6,6 +6,7 @@
 #include <chrono>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <set>
 #include <thread>
@@ -353,9 +354,13 @@ struct GateRun {
   int64_t started_beside = 0;        // samples whose load began while the batch stage ran
   int64_t started_beside_after = 0;  // ... while the sink behind it (`after`) ran
   int64_t gated_ns = 0;              // what the profile says the load waited at the gate
+  PassResult result;
 };
 
-GateRun run_beside_team(PassFixture& f, TeamBatch& team, const TeamSink* after = nullptr) {
+// The per-sample work on TBB threads, held back by the gate (`on_core_team` false), or on the
+// core thread's team (true, run_pass's default).
+GateRun run_beside_team(PassFixture& f, TeamBatch& team, const TeamSink* after = nullptr, bool on_core_team = false) {
+  f.pass.on_core_team = on_core_team;
   PassNode b;
   b.name = "team";
   b.stage = "t_team";
@@ -364,13 +369,14 @@ GateRun run_beside_team(PassFixture& f, TeamBatch& team, const TeamSink* after =
   b.concurrency = Concurrency::serial;
   f.pass.nodes.insert(f.pass.nodes.begin() + 1, b);
   std::atomic<int64_t> beside{0}, beside_after{0};
-  f.pass.load = [&](Sample& s) {
+  const auto load = f.pass.load;
+  f.pass.load = [&, load](Sample& s) {
     if (team.running) ++beside;
     if (after && after->running) ++beside_after;
-    f.source.load(s);
+    load(s);
   };
-  run_pass(f.pass, f.profile);
   GateRun r;
+  r.result = run_pass(f.pass, f.profile);
   r.started_beside = beside;
   r.started_beside_after = beside_after;
   for (const NodeProfile* p : f.profile.nodes())
@@ -430,6 +436,109 @@ TEST_CASE("per-sample work goes on while what follows a batch stage that fills t
   // The head sleeps 100 x 3 ms, a sample takes 0.1 ms: most loads start beside the head.
   // With the gate held until the batch's outputs had passed the head: 0.
   CHECK(r.started_beside_after >= 100);
+}
+
+namespace {
+
+// An extraction pass: the fixture's sink replaced by a cache write that records what it wrote,
+// `write_us` a sample, and whether a load began while it was writing.
+struct CacheWrites {
+  std::vector<int64_t> ids;
+  std::atomic<bool> writing{false};
+  std::atomic<int64_t> loads_beside{0};
+
+  CacheWrites(PassFixture& f, int64_t write_us) {
+    PassNode w;
+    w.name = "memo";
+    w.stage = "cache";
+    w.kind = StageKind::cache;
+    w.write = [this, write_us](const Sample& s) {
+      writing = true;
+      std::this_thread::sleep_for(std::chrono::microseconds(write_us));
+      ids.push_back(s.id);
+      writing = false;
+    };
+    f.pass.nodes.back() = w;
+    const auto load = f.pass.load;
+    f.pass.load = [this, load](Sample& s) {
+      if (writing) ++loads_beside;
+      load(s);
+    };
+  }
+};
+
+}  // namespace
+
+TEST_CASE("an extraction's per-sample work runs on the core thread's team, a batch at a time") {
+  oneapi::tbb::global_control c(oneapi::tbb::global_control::max_allowed_parallelism, 2);
+  configure_threads(2);
+  PassFixture f(/*sleep_us=*/100, 0);
+  CacheWrites memo(f, /*write_us=*/200);
+  TeamBatch team(/*fills=*/true, 0);
+  std::mutex mu;
+  std::set<std::thread::id> loaders;
+  const auto load = f.pass.load;
+  f.pass.load = [&, load](Sample& s) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      loaders.insert(std::this_thread::get_id());
+    }
+    load(s);
+  };
+  const GateRun r = run_beside_team(f, team, nullptr, /*on_core_team=*/true);
+  REQUIRE(memo.ids.size() == 400);
+  for (size_t i = 0; i < 400; ++i) REQUIRE(memo.ids[i] == static_cast<int64_t>(i));
+  CHECK(team.batches == 50);
+  // One job at a time on the core thread: never a load beside the batch stage, nothing gated.
+  CHECK(r.started_beside == 0);
+  CHECK(r.gated_ns == 0);
+  // The team: the core thread (which ran every batch) and its one other thread.
+  REQUIRE(team.threads.size() == 1);
+  CHECK(loaders.size() == 2);
+  CHECK(loaders.count(*team.threads.begin()) == 1);
+  CHECK(loaders.count(std::this_thread::get_id()) == 0);
+  // The team takes the next batch's samples as the batch stage returns, while this thread
+  // writes its outputs (8 x 0.2 ms a batch; 8 x 0.1 ms of loads on two threads). Handed over
+  // only once the writes were done: 0.
+  CHECK(memo.loads_beside >= 100);
+
+  SECTION("with a sink, on TBB threads and gated") {
+    PassFixture g(/*sleep_us=*/100, 0);
+    TeamBatch t2(/*fills=*/true, 0);
+    const GateRun q = run_beside_team(g, t2, nullptr, /*on_core_team=*/true);
+    CHECK(g.sink->consumed == 400);
+    CHECK(q.gated_ns > 0);
+  }
+  SECTION("a failing sample fails the pass once the samples before it went on, whichever failed first") {
+    // Samples 16..23 are one chunk (the batch stage takes 8). 21 fails at once and 18 after
+    // 20 ms: the pass names 18, the first in feed order, once 0..15 have been written.
+    PassFixture g(0, 0, -1, {18, 21});
+    CacheWrites m2(g, 0);
+    const auto slow = g.pass.load;
+    g.pass.load = [slow](Sample& s) {
+      if (s.id == 18) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      slow(s);
+    };
+    TeamBatch t2(/*fills=*/true, 0);
+    CHECK_THROWS_WITH(run_beside_team(g, t2, nullptr, true),
+                      Catch::Contains("train#18") && !Catch::Contains("train#21"));
+    CHECK(t2.batches == 2);
+    CHECK(m2.ids.size() == 16);
+  }
+  SECTION("skipped samples are listed in feed order and the others go on in order") {
+    PassFixture g(0, 0, -1, {5, 17, 399});
+    g.pass.skip_bad = true;
+    CacheWrites m2(g, 0);
+    TeamBatch t2(/*fills=*/true, 0);
+    const GateRun q = run_beside_team(g, t2, nullptr, true);
+    REQUIRE(m2.ids.size() == 397);
+    CHECK(m2.ids[5] == 6);
+    CHECK(m2.ids[396] == 398);
+    REQUIRE(q.result.skipped.size() == 3);
+    CHECK(q.result.skipped[0].id == 5);
+    CHECK(q.result.skipped[1].id == 17);
+    CHECK(q.result.skipped[2].id == 399);
+  }
 }
 
 TEST_CASE("configure_threads keeps multi-threaded LibTorch work on the core thread") {

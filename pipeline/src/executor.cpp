@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <deque>
 #include <exception>
+#include <future>
 #include <functional>
 #include <map>
 #include <optional>
@@ -210,9 +212,9 @@ class CoreGate {
 // the thread that starts it: when the serial tail ran such an op on whichever TBB thread took
 // the tail's turn, each of them kept a team of its own, and the team left idle spun on cores
 // the running one needed (a 32 px forward took 14.5-16 ms a batch after changing threads, 13.7
-// on the same thread; the first batch on a new thread 45 ms). The caller waits: the gate holds
-// the per-sample work meanwhile anyway. Each job runs on the intra-op count the process has
-// configured last (torch_threads()): a thread's OpenMP count is its own, so a later --threads
+// on the same thread; the first batch on a new thread 45 ms). Jobs run one at a time in the
+// order they were handed over, each on the intra-op count the process had configured when it
+// was handed over (torch_threads()): a thread's OpenMP count is its own, so a later --threads
 // reaches the team only this way. Created on first use; after fork() the child makes its own
 // (the parent's thread does not exist there), leaving the parent's object unused.
 class CoreThread {
@@ -225,22 +227,34 @@ class CoreThread {
     return *instance;
   }
 
-  // Runs `job` on the core thread and returns when it has; rethrows what it threw. Inline
-  // when called from the core thread itself (a job that runs a pass of its own).
-  void run(const std::function<void()>& job) {
-    if (std::this_thread::get_id() == id_) return job();
-    const int threads = torch_threads();  // what the caller configured last, applied there
-    std::lock_guard<std::mutex> one_caller(callers_);  // passes may run side by side
-    std::unique_lock<std::mutex> lock(mu_);
-    job_ = &job;
-    threads_ = threads;
-    error_ = nullptr;
+  // Hands `job` over and returns at once; the future says when it has run and rethrows what
+  // it threw. Runs it here and now on the core thread itself, and on a thread of its team (a
+  // job that runs a pass of its own, or per-sample work that does): there, waiting for the
+  // core thread would wait for ourselves.
+  std::future<void> start(std::function<void()> job) {
+    std::packaged_task<void()> task(std::move(job));
+    std::future<void> done = task.get_future();
+    if (std::this_thread::get_id() == id_ || t_in_team) {
+      task();
+      return done;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      jobs_.push_back({std::move(task), torch_threads()});
+    }
     wake_.notify_one();
-    done_.wait(lock, [&] { return job_ == nullptr; });
-    if (error_) std::rethrow_exception(error_);
+    return done;
   }
 
+  // Set while a thread runs per-sample work on the core thread's team (run_team).
+  static thread_local bool t_in_team;
+
  private:
+  struct Job {
+    std::packaged_task<void()> task;
+    int threads = 1;
+  };
+
   CoreThread() : pid_(::getpid()) {
     std::thread t([this] { loop(); });
     id_ = t.get_id();
@@ -248,33 +262,47 @@ class CoreThread {
   }
 
   void loop() {
-    std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
-      wake_.wait(lock, [&] { return job_ != nullptr; });
-      try {
-        torch_threads_here(threads_);
-        (*job_)();
-      } catch (...) {
-        error_ = std::current_exception();
+      Job job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        wake_.wait(lock, [&] { return !jobs_.empty(); });
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
       }
-      job_ = nullptr;
-      done_.notify_one();
+      torch_threads_here(job.threads);
+      job.task();  // an exception goes to the job's future
     }
   }
 
   const pid_t pid_;
   std::thread::id id_;
-  std::mutex callers_;
-  std::mutex mu_;  // held by the core thread while it runs a job
-  std::condition_variable wake_, done_;
-  const std::function<void()>* job_ = nullptr;
-  int threads_ = 1;
-  std::exception_ptr error_;
+  std::mutex mu_;
+  std::condition_variable wake_;
+  std::deque<Job> jobs_;  // at most one per waiting caller, plus a pass's next chunk (run_team)
 };
+
+thread_local bool CoreThread::t_in_team = false;
 
 bool fills_cores(const PassNode& op) {
   const auto* f = dynamic_cast<const FillsCores*>(op.impl);
   return f && f->fills_cores();
+}
+
+// Where the per-sample work runs on the core thread's team (run_team): the batch size of the
+// first tail op that fills the cores, in a pass without a sink (an extraction into the cache);
+// 0 elsewhere. A sink's step on the calling thread (a head's training) ran beside the team's
+// next chunk and was slowed by it: regime B epochs took 0.73-0.80 s on the team against
+// 0.74-0.76 s on TBB threads (graphs/augmented.yaml, 5 interleaved runs of 8 epochs).
+int64_t team_chunk(const PassSpec& pass, const Topology& t) {
+  for (const PassNode& op : pass.nodes)
+    if (op.kind == StageKind::sink) return 0;
+  for (size_t i = 0; i < pass.nodes.size(); ++i) {
+    const PassNode& op = pass.nodes[i];
+    if (!t.region[i] && op.kind == StageKind::batch_map && fills_cores(op))
+      return std::max(1, static_cast<BatchStage*>(op.impl)->batch_size());
+  }
+  return 0;
 }
 
 // One sample's values on its way through the region: per producer (index 0: the feed), and
@@ -317,11 +345,13 @@ class Region {
     return true;
   }
 
-  void run(Bundle& b, Sample&& fed) const {
+  // `gated`: waits while an op that fills the cores runs; per-sample work on the core thread's
+  // own team (run_team) cannot run beside such an op, and must not wait for the tail.
+  void run(Bundle& b, Sample&& fed, bool gated = true) const {
     b.values.resize(pass_.nodes.size() + 1);
     b.uses = uses_;
     if (pass_.load) {
-      load_prof_.gated_ns += gate_.wait_open();
+      if (gated) load_prof_.gated_ns += gate_.wait_open();
       Timed t(load_prof_);
       const bool ok = guarded(pass_, load_op_, fed, [&] { pass_.load(fed); }, &b.skipped);
       finish(b, load_prof_, t.done());
@@ -337,7 +367,7 @@ class Region {
         for (int in : t_.inputs[i]) ins.push_back(b.take(in));
       else
         s = b.take(t_.inputs[i][0]);
-      profs_[i]->gated_ns += gate_.wait_open();
+      if (gated) profs_[i]->gated_ns += gate_.wait_open();
       std::unique_lock<std::mutex> lock;
       if (locks_[i]) lock = std::unique_lock<std::mutex>(*locks_[i]);
       Timed t(*profs_[i]);
@@ -405,6 +435,9 @@ class Tail {
   }
 
   PassResult result;
+  // Called once an op that fills the cores has been handed to the core thread: a job handed
+  // over now runs there right after it, with no wake-up in between.
+  std::function<void()> after_core_op;
 
  private:
   struct Item {
@@ -503,8 +536,13 @@ class Tail {
     };
     Timed t(*profs_[static_cast<size_t>(i)]);
     try {
-      if (closed) CoreThread::get().run(call);
-      else call();
+      if (closed) {
+        std::future<void> done = CoreThread::get().start(call);
+        if (after_core_op) after_core_op();
+        done.get();
+      } else {
+        call();
+      }
     } catch (const NodeError&) {
       throw;
     } catch (const std::exception& e) {
@@ -587,6 +625,125 @@ PassResult run_inline(const PassSpec& pass, const Topology& topo, const Region& 
   PassResult r = std::move(tail.result);
   r.fed = fed;
   r.interrupted = stopped;
+  r.seconds = static_cast<double>(now_ns() - t_start) / 1e9;
+  return r;
+}
+
+// An extraction (a pass whose tail holds a batch op that fills the cores, and no sink: see
+// team_chunk) runs its per-sample work on the core thread's own team, a chunk of samples (the
+// op's batch size) at a time: the team takes the next chunk as soon as it has run the op on
+// this one, while this thread writes the op's outputs to the cache. On TBB threads the same
+// work ran beside the team's idle thread, which libgomp keeps spinning for about 3 ms after
+// every parallel region: on 2 cores three threads shared them, and the core thread slept and
+// woke twice a batch (pipe bench, extraction small_vgg 32 px, interleaved runs: 0.88-0.92 of
+// the bare forward on the team, 0.79-0.86 on TBB threads). Feed order holds: chunks enter the
+// tail in order, and a failing sample fails the pass once every sample before it has entered
+// the tail, whichever failed first in time. Memory: two chunks, plus what the tail holds.
+struct Chunk {
+  std::vector<Sample> fed;
+  std::vector<Bundle> bundles;
+  std::vector<std::exception_ptr> errors;  // per sample
+  std::future<void> done;                  // set when handed to the team
+  bool started = false;                    // handed to the team (stays true once delivered)
+};
+
+class TeamFeed {
+ public:
+  TeamFeed(const PassSpec& pass, const Region& region, NodeProfile& feed_prof, int64_t chunk)
+      : pass_(pass), region_(region), feed_prof_(feed_prof), chunk_(chunk) {}
+
+  // Describes the next chunk's samples (none once the pass is done or stopped).
+  void describe(Chunk& c) {
+    c = Chunk();
+    while (fed_ < pass_.count && static_cast<int64_t>(c.fed.size()) < chunk_) {
+      if (pass_.stop && pass_.stop->load()) {
+        stopped_ = true;
+        break;
+      }
+      Timed t(feed_prof_);
+      c.fed.push_back(pass_.describe(fed_));
+      t.done();
+      c.bundles.emplace_back();
+      c.bundles.back().seq = fed_++;
+      if (pass_.on_admit) pass_.on_admit(fed_ - retired_);
+    }
+    c.errors.resize(c.fed.size());
+  }
+
+  // Hands the chunk's per-sample work to the core thread's team, once. Ungated: on the core
+  // thread it cannot run beside the op that fills the cores, and must not wait for the tail.
+  void start(Chunk& c) const {
+    if (c.started || c.fed.empty()) return;
+    c.started = true;
+    c.done = CoreThread::get().start([this, &c] {
+      torch_parallel_for_each(static_cast<int64_t>(c.fed.size()), [&](int64_t j) {
+        const auto k = static_cast<size_t>(j);
+        CoreThread::t_in_team = true;
+        try {
+          region_.run(c.bundles[k], std::move(c.fed[k]), /*gated=*/false);
+        } catch (...) {
+          c.errors[k] = std::current_exception();
+        }
+        CoreThread::t_in_team = false;
+      });
+    });
+  }
+
+  // Waits for the chunk, then pushes its bundles into the tail in order up to the first failure.
+  static void deliver(Chunk& c, Tail& tail) {
+    c.done.get();
+    for (size_t k = 0; k < c.bundles.size(); ++k) {
+      if (c.errors[k]) std::rethrow_exception(c.errors[k]);
+      tail.push(std::move(c.bundles[k]));
+    }
+  }
+
+  // Waits until the team is done with the chunk, whatever it threw (on the way out of a failed pass).
+  static void settle(Chunk& c) {
+    if (c.done.valid()) c.done.wait();
+  }
+
+  void retired() { ++retired_; }
+  int64_t fed() const { return fed_; }
+  bool stopped() const { return stopped_; }
+
+ private:
+  const PassSpec& pass_;
+  const Region& region_;
+  NodeProfile& feed_prof_;
+  const int64_t chunk_;
+  int64_t fed_ = 0, retired_ = 0;
+  bool stopped_ = false;
+};
+
+PassResult run_team(const PassSpec& pass, const Topology& topo, const Region& region, Profile& profile,
+                    CoreGate& gate, NodeProfile& feed_prof, int64_t chunk, int64_t t_start) {
+  TeamFeed feed(pass, region, feed_prof, chunk);
+  Tail tail(pass, topo, profile, gate, [&] { feed.retired(); });
+  Chunk chunks[2];
+  Chunk* now = &chunks[0];
+  Chunk* next = &chunks[1];
+  // Handed over right behind the op that fills the cores: the core thread goes on to it
+  // without a wake-up in between.
+  tail.after_core_op = [&] { feed.start(*next); };
+  try {
+    feed.describe(*now);
+    feed.start(*now);
+    while (!now->fed.empty()) {
+      feed.describe(*next);
+      TeamFeed::deliver(*now, tail);
+      feed.start(*next);  // where no op filled the cores while `now` went through
+      std::swap(now, next);
+    }
+    tail.after_core_op = nullptr;  // `next` was delivered: nothing is left to start
+    tail.flush();
+  } catch (...) {
+    for (Chunk& c : chunks) TeamFeed::settle(c);
+    throw;
+  }
+  PassResult r = std::move(tail.result);
+  r.fed = feed.fed();
+  r.interrupted = feed.stopped();
   r.seconds = static_cast<double>(now_ns() - t_start) / 1e9;
   return r;
 }
@@ -677,7 +834,7 @@ PassResult run_flow(const PassSpec& pass, const Topology& topo, const Region& re
 
 }  // namespace
 
-void run_on_core_thread(const std::function<void()>& job) { CoreThread::get().run(job); }
+void run_on_core_thread(const std::function<void()>& job) { CoreThread::get().start(job).get(); }
 
 PassResult run_pass(const PassSpec& pass, Profile& profile) {
   const int64_t t_start = now_ns();
@@ -696,6 +853,8 @@ PassResult run_pass(const PassSpec& pass, Profile& profile) {
     if (!topo.region[i]) tail_in = &profile.node(pass.nodes[i].name, pass.nodes[i].stage);
 
   if (region.cheap()) return run_inline(pass, topo, region, profile, gate, feed_prof, t_start);
+  if (const int64_t chunk = team_chunk(pass, topo); chunk > 0 && pass.on_core_team)
+    return run_team(pass, topo, region, profile, gate, feed_prof, chunk, t_start);
   return run_flow(pass, topo, region, profile, gate, feed_prof, tail_in, cap, t_start);
 }
 

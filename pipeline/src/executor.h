@@ -111,6 +111,11 @@ struct PassSpec {
   // is nothing to overlap, so the pass runs inline on the calling thread (same order, same
   // results, no per-sample thread hand-offs).
   bool cheap_load = false;
+  // In a pass without a sink whose tail holds a batch op that fills the cores (FillsCores: an
+  // extraction), the per-sample work runs on the core thread's team between that op's calls, a
+  // batch's worth at a time (run_team in executor.cpp); false: on TBB threads, held back while
+  // the op runs, as in every other pass.
+  bool on_core_team = true;
   const std::atomic<bool>* stop = nullptr;        // set by SIGINT: stop feeding
   std::function<void(int64_t done, int64_t total)> progress;  // from the serial tail
   // Test instrumentation: called with the number of samples in flight after each admission.

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <exception>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -95,6 +96,26 @@ int torch_threads_here(int n) {
 
 void torch_single_thread_here() {
   if (per_thread_counts()) torch_threads_here(1);
+}
+
+void torch_parallel_for_each(int64_t n, const std::function<void(int64_t)>& fn) {
+  if (n <= 0) return;
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(n));
+  std::atomic<int64_t> next{0};
+  const auto drain = [&](int64_t, int64_t) {
+    for (int64_t i = next++; i < n; i = next++) {
+      try {
+        fn(i);
+      } catch (...) {
+        errors[static_cast<size_t>(i)] = std::current_exception();
+      }
+    }
+  };
+  // One chunk per thread (grain 1 over the thread count); each drains the shared counter.
+  const int64_t teams = std::min<int64_t>(n, at::get_num_threads());
+  at::parallel_for(0, teams, 1, drain);
+  for (const std::exception_ptr& e : errors)
+    if (e) std::rethrow_exception(e);
 }
 
 namespace {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace pipeline {
@@ -25,6 +26,12 @@ int torch_threads_here(int n);
 // The calling thread runs LibTorch on one intra-op thread from now on, where counts are per
 // thread (LibTorch's OpenMP backend, Debian's and pytorch.org's); elsewhere it does nothing.
 void torch_single_thread_here();
+
+// Runs fn(i) for every i in [0, n) on the calling thread's LibTorch team (at::parallel_for),
+// each thread taking the next i as it finishes one: items of uneven cost still share the cores.
+// Every item runs, also after one throws; then the exception of the lowest failing i is
+// rethrown. Inside a parallel region it runs serially on the calling thread.
+void torch_parallel_for_each(int64_t n, const std::function<void(int64_t)>& fn);
 
 // One line: LibTorch version, intra-op threads, the BLAS/LAPACK/oneDNN libraries actually
 // mapped into this process (read from /proc/self/maps, so the Debian alternatives symlink
