@@ -98,6 +98,14 @@ void torch_single_thread_here() {
   if (per_thread_counts()) torch_threads_here(1);
 }
 
+int torch_parallel_for_each_threads() {
+#if defined(__SANITIZE_THREAD__)
+  return 1;
+#else
+  return at::in_parallel_region() ? 1 : at::get_num_threads();
+#endif
+}
+
 void torch_parallel_for_each(int64_t n, const std::function<void(int64_t)>& fn) {
   if (n <= 0) return;
   std::vector<std::exception_ptr> errors(static_cast<size_t>(n));
@@ -111,9 +119,15 @@ void torch_parallel_for_each(int64_t n, const std::function<void(int64_t)>& fn) 
       }
     }
   };
+#if defined(__SANITIZE_THREAD__)
+  // ThreadSanitizer cannot see libgomp's own synchronization (a libgomp built without it):
+  // every hand-over inside a parallel region would read as a race, so under it the items run
+  // here, in order (torch_parallel_for_each_threads() says 1).
+  drain(0, 1);
+#else
   // One chunk per thread (grain 1 over the thread count); each drains the shared counter.
-  const int64_t teams = std::min<int64_t>(n, at::get_num_threads());
-  at::parallel_for(0, teams, 1, drain);
+  at::parallel_for(0, std::min<int64_t>(n, torch_parallel_for_each_threads()), 1, drain);
+#endif
   for (const std::exception_ptr& e : errors)
     if (e) std::rethrow_exception(e);
 }

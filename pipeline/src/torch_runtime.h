@@ -33,6 +33,10 @@ void torch_single_thread_here();
 // rethrown. Inside a parallel region it runs serially on the calling thread.
 void torch_parallel_for_each(int64_t n, const std::function<void(int64_t)>& fn);
 
+// The threads torch_parallel_for_each would use if called here now (1 under ThreadSanitizer,
+// which cannot see libgomp's synchronization).
+int torch_parallel_for_each_threads();
+
 // One line: LibTorch version, intra-op threads, the BLAS/LAPACK/oneDNN libraries actually
 // mapped into this process (read from /proc/self/maps, so the Debian alternatives symlink
 // libblas.so.3 shows as its real target), and CUDA availability.
